@@ -71,6 +71,12 @@ type Backend interface {
 	UploadBF16(host []uint16, shape ...int) (Tensor, error) // raw bf16 bits, no rounding
 	Download(t Tensor) ([]float32, error)                   // any dtype → float32
 	Free(t Tensor)
+	// Reshape returns a view of t with a new shape of the same element
+	// count, sharing t's storage (writes through either are seen by both).
+	// Free releases storage only when called on the tensor that owns it
+	// (from Alloc or Upload); on a view it is a no-op, and a view must not
+	// be used after its owner is freed.
+	Reshape(t Tensor, shape ...int) (Tensor, error)
 	Sync() error // wait for queued work; a no-op on synchronous backends
 
 	// Linear algebra.
