@@ -1,0 +1,382 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/matsurgery/matsurgery/kernels"
+)
+
+// softplus is log(1+eˣ) in float64, x itself past 20 (PyTorch's threshold).
+func softplus(x float64) float64 {
+	if x > 20 {
+		return x
+	}
+	return math.Log1p(math.Exp(x))
+}
+
+// DtSoftplus writes softplus(dtRaw[..., h] + bias[h]); bias may be nil.
+func (be *Backend) DtSoftplus(out, dtRaw, bias kernels.Tensor) error {
+	o, err := be.f32Tensor(out, "dtsoftplus out")
+	if err != nil {
+		return err
+	}
+	d, err := be.f32Tensor(dtRaw, "dtsoftplus dt")
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(o.shape, d.shape) {
+		return fmt.Errorf("dtsoftplus: dt %v and out %v differ in shape", d.shape, o.shape)
+	}
+	b, err := be.optF32(bias, "dtsoftplus bias")
+	if err != nil {
+		return err
+	}
+	_, h := lastDim(d)
+	if b != nil {
+		if err := wantShape(b, "dtsoftplus bias", h); err != nil {
+			return err
+		}
+	}
+	be.parallelFor(len(d.f32), grainElementwise/8, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			v := float64(d.f32[i])
+			if b != nil {
+				v += float64(b.f32[i%h])
+			}
+			o.f32[i] = float32(softplus(v))
+		}
+	})
+	return nil
+}
+
+// CausalConv1d writes the depthwise causal convolution of u[b,l,c] with
+// weight[c,k] and bias[c] (may be nil), summed in float64, then SiLU when
+// silu is true: out[t,c] = bias[c] + Σ_{j<k} w[c,j]·u[t−k+1+j,c].
+func (be *Backend) CausalConv1d(out, u, weight, bias kernels.Tensor, silu bool) error {
+	o, err := be.f32Tensor(out, "causalconv1d out")
+	if err != nil {
+		return err
+	}
+	ut, err := be.f32Tensor(u, "causalconv1d u")
+	if err != nil {
+		return err
+	}
+	if len(ut.shape) != 3 {
+		return fmt.Errorf("causalconv1d: u must be [batch, seqlen, channels], got %v", ut.shape)
+	}
+	if !slices.Equal(o.shape, ut.shape) {
+		return fmt.Errorf("causalconv1d: u %v and out %v differ in shape", ut.shape, o.shape)
+	}
+	nb, l, c := ut.shape[0], ut.shape[1], ut.shape[2]
+	w, err := be.f32Tensor(weight, "causalconv1d weight")
+	if err != nil {
+		return err
+	}
+	if len(w.shape) != 2 || w.shape[0] != c {
+		return fmt.Errorf("causalconv1d: weight must be [%d, k], got %v", c, w.shape)
+	}
+	k := w.shape[1]
+	b, err := be.optF32(bias, "causalconv1d bias")
+	if err != nil {
+		return err
+	}
+	if b != nil {
+		if err := wantShape(b, "causalconv1d bias", c); err != nil {
+			return err
+		}
+	}
+	if o.f32 != nil && &o.f32[0] == &ut.f32[0] {
+		return fmt.Errorf("causalconv1d: out must not alias u")
+	}
+	// wT[j][c] = w[c][j], so that the inner loop runs along the channels.
+	wT := make([]float64, k*c)
+	for ch := range c {
+		for j := range k {
+			wT[j*c+ch] = float64(w.f32[ch*k+j])
+		}
+	}
+	rows := nb * l
+	be.parallelFor(rows, max(1, 8192/c), func(lo, hi int) {
+		acc := make([]float64, c)
+		for r := lo; r < hi; r++ {
+			t := r % l
+			if b != nil {
+				for ch := range c {
+					acc[ch] = float64(b.f32[ch])
+				}
+			} else {
+				clear(acc)
+			}
+			for j := max(0, k-1-t); j < k; j++ {
+				src := ut.f32[(r-k+1+j)*c : (r-k+2+j)*c]
+				wj := wT[j*c : (j+1)*c]
+				for ch, v := range src {
+					acc[ch] += wj[ch] * float64(v)
+				}
+			}
+			dst := o.f32[r*c : (r+1)*c]
+			for ch, v := range acc {
+				if silu {
+					v /= 1 + math.Exp(-v)
+				}
+				dst[ch] = float32(v)
+			}
+		}
+	})
+	return nil
+}
+
+// ssdOperands are the checked operands of a scan.
+type ssdOperands struct {
+	y, x, dt, A, B, C, D, state *Tensor
+	nb, l, h, p, g, n           int
+}
+
+func (be *Backend) ssdOperands(op string, y, x, dt, A, B, C, D, state kernels.Tensor) (*ssdOperands, error) {
+	var s ssdOperands
+	var err error
+	load := func(dst **Tensor, t kernels.Tensor, name string, optional bool) {
+		if err != nil {
+			return
+		}
+		if optional {
+			*dst, err = be.optF32(t, op+" "+name)
+		} else {
+			*dst, err = be.f32Tensor(t, op+" "+name)
+		}
+	}
+	load(&s.y, y, "y", false)
+	load(&s.x, x, "x", false)
+	load(&s.dt, dt, "dt", false)
+	load(&s.A, A, "A", false)
+	load(&s.B, B, "B", false)
+	load(&s.C, C, "C", false)
+	load(&s.D, D, "D", true)
+	load(&s.state, state, "state", true)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.x.shape) != 4 {
+		return nil, fmt.Errorf("%s: x must be [batch, seqlen, heads, headdim], got %v", op, s.x.shape)
+	}
+	if len(s.B.shape) != 4 {
+		return nil, fmt.Errorf("%s: B must be [batch, seqlen, groups, dstate], got %v", op, s.B.shape)
+	}
+	s.nb, s.l, s.h, s.p = s.x.shape[0], s.x.shape[1], s.x.shape[2], s.x.shape[3]
+	s.g, s.n = s.B.shape[2], s.B.shape[3]
+	if s.h%s.g != 0 {
+		return nil, fmt.Errorf("%s: %d heads is not a multiple of %d groups", op, s.h, s.g)
+	}
+	checks := []struct {
+		t     *Tensor
+		name  string
+		shape []int
+	}{
+		{s.y, "y", []int{s.nb, s.l, s.h, s.p}},
+		{s.dt, "dt", []int{s.nb, s.l, s.h}},
+		{s.A, "A", []int{s.h}},
+		{s.B, "B", []int{s.nb, s.l, s.g, s.n}},
+		{s.C, "C", []int{s.nb, s.l, s.g, s.n}},
+		{s.D, "D", []int{s.h}},
+		{s.state, "state", []int{s.nb, s.h, s.p, s.n}},
+	}
+	for _, c := range checks {
+		if c.t != nil {
+			if err := wantShape(c.t, op+" "+c.name, c.shape...); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if &s.y.f32[0] == &s.x.f32[0] {
+		return nil, fmt.Errorf("%s: y must not alias x", op)
+	}
+	return &s, nil
+}
+
+// SSDRecurrence runs the Mamba-2 recurrence token by token, in parallel over
+// batch × heads: S_t = exp(dt_t·A_h)·S_{t−1} + dt_t·x_t⊗B_t,
+// y_t = S_t·C_t + D_h·x_t. The state is float32, decays are computed in
+// float64.
+func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) error {
+	s, err := be.ssdOperands("ssdrecurrence", y, x, dt, A, B, C, D, state)
+	if err != nil {
+		return err
+	}
+	P, N, H, G, L := s.p, s.n, s.h, s.g, s.l
+	rep := H / G
+	scratch := make([][]float32, be.workerCount(s.nb*H))
+	be.parallelTasks(s.nb*H, func(w, task int) {
+		b, h := task/H, task%H
+		g := h / rep
+		if scratch[w] == nil {
+			scratch[w] = make([]float32, P*N)
+		}
+		S := scratch[w]
+		if s.state != nil {
+			copy(S, s.state.f32[task*P*N:(task+1)*P*N])
+		} else {
+			clear(S)
+		}
+		a := float64(s.A.f32[h])
+		var dh float32
+		if s.D != nil {
+			dh = s.D.f32[h]
+		}
+		for t := range L {
+			d := s.dt.f32[(b*L+t)*H+h]
+			decay := float32(math.Exp(float64(d) * a))
+			xt := s.x.f32[((b*L+t)*H+h)*P:][:P]
+			bt := s.B.f32[((b*L+t)*G+g)*N:][:N]
+			ct := s.C.f32[((b*L+t)*G+g)*N:][:N]
+			yt := s.y.f32[((b*L+t)*H+h)*P:][:P]
+			for p, xv := range xt {
+				xp := d * xv
+				row := S[p*N : (p+1)*N]
+				var acc float32
+				for n, bv := range bt {
+					v := decay*row[n] + xp*bv
+					row[n] = v
+					acc += v * ct[n]
+				}
+				yt[p] = acc + dh*xv
+			}
+		}
+		if s.state != nil {
+			copy(s.state.f32[task*P*N:(task+1)*P*N], S)
+		}
+	})
+	return nil
+}
+
+// SSDChunkScan computes SSDRecurrence's function by the chunked algorithm
+// (SPEC §3), in parallel over batch × heads, each head walking its chunks in
+// order. Within a chunk of q ≤ chunk tokens, with cs the float64 cumulative
+// sum of dt·A from the chunk start:
+//
+//	y_l = Σ_{s≤l} (C_l·B_s)·exp(cs_l−cs_s)·dt_s·x_s + exp(cs_l)·H·C_l + D·x_l
+//	H  ← exp(cs_last)·H + Σ_s exp(cs_last−cs_s)·dt_s·x_s⊗B_s
+//
+// Every exponent is a difference clamped to ≤ 0 and never split; the
+// masked upper triangle is skipped, not multiplied by exp(−∞). The four
+// products per chunk are float32 matrix products (gemm).
+func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chunk int) error {
+	s, err := be.ssdOperands("ssdchunkscan", y, x, dt, A, B, C, D, state)
+	if err != nil {
+		return err
+	}
+	if chunk <= 0 {
+		return fmt.Errorf("ssdchunkscan: chunk length %d, want > 0", chunk)
+	}
+	P, N, H, G, L := s.p, s.n, s.h, s.g, s.l
+	Q := min(chunk, L)
+	rep := H / G
+	type buffers struct {
+		cs  []float64
+		m   []float32 // [Q×Q] masked, decayed C·Bᵀ
+		xw  []float32 // [Q×P] x_s·dt_s·exp(cs_last−cs_s)
+		off []float32 // [Q×P] C·Hᵀ
+		hs  []float32 // [P×N] state
+	}
+	scratch := make([]*buffers, be.workerCount(s.nb*H))
+	be.parallelTasks(s.nb*H, func(w, task int) {
+		b, h := task/H, task%H
+		g := h / rep
+		if scratch[w] == nil {
+			scratch[w] = &buffers{
+				cs: make([]float64, Q),
+				m:  make([]float32, Q*Q), xw: make([]float32, Q*P),
+				off: make([]float32, Q*P), hs: make([]float32, P*N),
+			}
+		}
+		buf := scratch[w]
+		hs := buf.hs
+		nonzero := s.state != nil // whether hs may hold a non-zero state
+		if nonzero {
+			copy(hs, s.state.f32[task*P*N:(task+1)*P*N])
+		} else {
+			clear(hs)
+		}
+		a := float64(s.A.f32[h])
+		var dh float32
+		if s.D != nil {
+			dh = s.D.f32[h]
+		}
+		ldx, ldb := H*P, G*N
+		for t0 := 0; t0 < L; t0 += Q {
+			q := min(Q, L-t0)
+			xc := s.x.f32[((b*L+t0)*H+h)*P:]
+			yc := s.y.f32[((b*L+t0)*H+h)*P:]
+			bc := s.B.f32[((b*L+t0)*G+g)*N:]
+			cc := s.C.f32[((b*L+t0)*G+g)*N:]
+			dtAt := func(i int) float32 { return s.dt.f32[(b*L+t0+i)*H+h] }
+
+			cs := buf.cs[:q]
+			var run float64
+			for i := range q {
+				run += float64(dtAt(i)) * a
+				cs[i] = run
+			}
+
+			// Diagonal block: M = (C·Bᵀ) ∘ decay ∘ dt on s ≤ l; y = M·x.
+			m := buf.m[:q*q]
+			gemm(false, true, q, q, N, cc, ldb, bc, ldb, 0, m, q)
+			for l := range q {
+				row := m[l*q : (l+1)*q]
+				for si := 0; si <= l; si++ {
+					row[si] *= float32(math.Exp(min(cs[l]-cs[si], 0))) * dtAt(si)
+				}
+				clear(row[l+1:])
+			}
+			gemm(false, false, q, P, q, m, q, xc, ldx, 0, yc, ldx)
+
+			// Off-diagonal: the state entering the chunk, and the skip term.
+			off := buf.off[:q*P]
+			if nonzero {
+				gemm(false, true, q, P, N, cc, ldb, hs, N, 0, off, P)
+			}
+			for l := range q {
+				yr := yc[l*ldx : l*ldx+P]
+				xr := xc[l*ldx : l*ldx+P]
+				if nonzero {
+					e := float32(math.Exp(min(cs[l], 0)))
+					or := off[l*P : (l+1)*P]
+					for p := range yr {
+						yr[p] += e*or[p] + dh*xr[p]
+					}
+				} else if dh != 0 {
+					for p := range yr {
+						yr[p] += dh * xr[p]
+					}
+				}
+			}
+
+			// State leaving the chunk: H ← exp(cs_last)·H + Xwᵀ·B.
+			last := cs[q-1]
+			xw := buf.xw[:q*P]
+			for si := range q {
+				f := float32(math.Exp(min(last-cs[si], 0))) * dtAt(si)
+				xr := xc[si*ldx : si*ldx+P]
+				dst := xw[si*P : (si+1)*P]
+				for p, v := range xr {
+					dst[p] = f * v
+				}
+			}
+			beta := float32(0)
+			if nonzero {
+				e := float32(math.Exp(min(last, 0)))
+				for i := range hs {
+					hs[i] *= e
+				}
+				beta = 1
+			}
+			gemm(true, false, P, N, q, xw, P, bc, ldb, beta, hs, N)
+			nonzero = true
+		}
+		if s.state != nil {
+			copy(s.state.f32[task*P*N:(task+1)*P*N], hs)
+		}
+	})
+	return nil
+}
