@@ -19,3 +19,7 @@ func TestConformanceOneWorker(t *testing.T) {
 	}
 	conformance.Run(t, func() kernels.Backend { return New(1) }, conformance.DefaultTolerances())
 }
+
+func TestGolden(t *testing.T) {
+	conformance.RunGolden(t, func() kernels.Backend { return New(0) }, "../../testdata/golden/kernels", conformance.DefaultTolerances())
+}

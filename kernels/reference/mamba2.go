@@ -3,6 +3,7 @@ package reference
 import (
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/matsurgery/matsurgery/kernels"
 )
@@ -101,7 +102,7 @@ func Mamba2Mixer(cfg kernels.Mamba2Config, w Mamba2Weights, hidden *Array) (*Arr
 		return nil, step("ssd", err)
 	}
 	yf, _ := y.Reshape(nb, l, dInner)
-	yn, err := GatedRMSNorm(yf, z, w.NormWeight, dInner/G, float64(cfg.NormEps))
+	yn, err := GatedRMSNorm(yf, z, w.NormWeight, dInner/G, Decimal32(cfg.NormEps))
 	if err != nil {
 		return nil, step("gated norm", err)
 	}
@@ -115,4 +116,15 @@ func Mamba2Mixer(cfg kernels.Mamba2Config, w Mamba2Weights, hidden *Array) (*Arr
 		}
 	}
 	return out, nil
+}
+
+// Decimal32 widens a float32 parameter such as an epsilon to the float64
+// of its shortest decimal form (float32 1e-5 becomes float64 1e-5, not
+// 9.99999974738e-06), the value the configuration meant.
+func Decimal32(v float32) float64 {
+	d, err := strconv.ParseFloat(strconv.FormatFloat(float64(v), 'g', -1, 32), 64)
+	if err != nil {
+		return float64(v)
+	}
+	return d
 }
