@@ -84,6 +84,9 @@ func readHeader(r io.ReaderAt, size int64, file string) (*fileHeader, error) {
 	if n > MaxHeaderSize {
 		return nil, formatErr(file, "", "header length %d exceeds the %d-byte limit (not a safetensors file?)", n, MaxHeaderSize)
 	}
+	if n < 2 {
+		return nil, formatErr(file, "", "header length %d is too short for a JSON object", n)
+	}
 	if n > uint64(size-8) {
 		return nil, formatErr(file, "", "header length %d runs past the end of the %d-byte file (truncated?)", n, size)
 	}
