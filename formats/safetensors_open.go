@@ -369,15 +369,46 @@ func (c *Checkpoint) Float32(name string) ([]float32, error) {
 	if !t.DType.IsFloat() {
 		return nil, fmt.Errorf("read %s: tensor %q: dtype %s is not a float type", t.File, name, t.DType)
 	}
-	raw, err := c.Raw(name)
-	if err != nil {
+	out := make([]float32, t.NumElements())
+	if err := c.ReadFloat32(name, out); err != nil {
 		return nil, err
 	}
-	out := make([]float32, t.NumElements())
-	if err := DecodeFloat32(t.DType, raw, out); err != nil {
-		return nil, fmt.Errorf("read %s: tensor %q: %w", t.File, name, err)
-	}
 	return out, nil
+}
+
+// float32ChunkBytes is how much raw data ReadFloat32 reads per step: big enough for
+// efficient reads, small enough that converting never needs a second full-size buffer.
+const float32ChunkBytes = 1 << 20
+
+// ReadFloat32 reads a float tensor into dst (exactly its element count), converting to
+// float32 chunk by chunk, so the raw bytes are never held whole.
+func (c *Checkpoint) ReadFloat32(name string, dst []float32) error {
+	t, f, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	if !t.DType.IsFloat() {
+		return fmt.Errorf("read %s: tensor %q: dtype %s is not a float type", t.File, name, t.DType)
+	}
+	if n := t.NumElements(); int64(len(dst)) != n {
+		return fmt.Errorf("read %s: tensor %q: destination has %d elements, tensor has %d", t.File, name, len(dst), n)
+	}
+	size := t.DType.Size()
+	per := float32ChunkBytes / size // elements per chunk
+	buf := make([]byte, min(len(dst), per)*size)
+	for start := 0; start < len(dst); start += per {
+		n := min(per, len(dst)-start)
+		raw := buf[:n*size]
+		part := *t
+		part.Offset += int64(start) * int64(size)
+		if err := readFull(f, &part, raw); err != nil {
+			return err
+		}
+		if err := DecodeFloat32(t.DType, raw, dst[start:start+n]); err != nil {
+			return fmt.Errorf("read %s: tensor %q: %w", t.File, name, err)
+		}
+	}
+	return nil
 }
 
 // Close closes the shard files. Readers obtained from Section stop working. Close must

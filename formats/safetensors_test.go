@@ -358,3 +358,46 @@ func TestOpenPrefersSingleFileLikeTransformers(t *testing.T) {
 		t.Errorf("got Index %v and %d tensors; want model.safetensors alone", c.Index, c.Len())
 	}
 }
+
+func TestFloat32ChunkedMatchesWholeDecode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	specs := []TensorSpec{{Name: "f32", DType: F32, Shape: []int64{400_003}}, {Name: "bf16", DType: BF16, Shape: []int64{3, 200_001}},
+		{Name: "e5m2", DType: F8E5M2, Shape: []int64{1_500_001}}}
+	data := make(map[string][]byte)
+	for _, s := range specs {
+		size, _ := specSize(s)
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		data[s.Name] = b
+	}
+	dir := t.TempDir()
+	writeAll(t, dir, specs, data, WriterOptions{})
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, s := range specs {
+		got, err := c.Float32(s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]float32, len(data[s.Name])/s.DType.Size())
+		if err := DecodeFloat32(s.DType, data[s.Name], want); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d elements, want %d", s.Name, len(got), len(want))
+		}
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("%s[%d] = %#08x, want %#08x", s.Name, i, math.Float32bits(got[i]), math.Float32bits(want[i]))
+			}
+		}
+	}
+	if err := c.ReadFloat32("f32", make([]float32, 10)); err == nil || !strings.Contains(err.Error(), "destination has 10 elements") {
+		t.Errorf("ReadFloat32 into a short slice: %v", err)
+	}
+}
