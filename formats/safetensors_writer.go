@@ -36,6 +36,10 @@ type WriterOptions struct {
 	// files (model.safetensors, the index, model-*-of-*.safetensors) are removed. Without
 	// it NewWriter and Commit refuse a directory that already holds any of them.
 	Overwrite bool
+	// ShardLengths, when set, fixes the shards instead of MaxShardSize: shard k holds the
+	// next ShardLengths[k] declared tensors (e.g. to shard an output like its input).
+	// The lengths must be positive and add up to the number of tensors.
+	ShardLengths []int
 }
 
 // Writer streams a safetensors checkpoint to a directory. All tensors are declared up
@@ -113,6 +117,18 @@ func NewWriter(dir string, specs []TensorSpec, opts WriterOptions) (*Writer, err
 		}
 		w.specs[i], w.sizes[i] = s, size
 	}
+	if len(opts.ShardLengths) > 0 {
+		total := 0
+		for _, n := range opts.ShardLengths {
+			if n <= 0 {
+				return nil, fmt.Errorf("new safetensors writer in %s: shard lengths %v: each must be positive", dir, opts.ShardLengths)
+			}
+			total += n
+		}
+		if total != len(specs) {
+			return nil, fmt.Errorf("new safetensors writer in %s: shard lengths add up to %d, %d tensors declared", dir, total, len(specs))
+		}
+	}
 	w.planShards()
 	if !opts.Overwrite {
 		if existing := w.existingCheckpointFiles(); len(existing) > 0 {
@@ -182,8 +198,13 @@ func specSize(s TensorSpec) (int64, error) {
 func (w *Writer) planShards() {
 	var shards []writerShard
 	cur := writerShard{}
+	lengths := w.opts.ShardLengths
 	for i, size := range w.sizes {
-		if w.opts.MaxShardSize > 0 && cur.stop > cur.first && cur.dataSize+size > w.opts.MaxShardSize {
+		cut := w.opts.MaxShardSize > 0 && cur.stop > cur.first && cur.dataSize+size > w.opts.MaxShardSize
+		if len(lengths) > 0 {
+			cut = cur.stop-cur.first == lengths[len(shards)]
+		}
+		if cut {
 			shards = append(shards, cur)
 			cur = writerShard{first: i, stop: i}
 		}
