@@ -1,3 +1,95 @@
+// Command matsurgery turns a pretrained TinyLLaVA vision-language model into a
+// hybrid Mamba-2/Transformer model (MaTVLM): convert, verify, distil.
 package main
 
-func main() {}
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"context"
+
+	"github.com/alecthomas/kong"
+	"github.com/willabides/kongplete"
+)
+
+// Globals are flags every command takes.
+type Globals struct {
+	JSON  bool `help:"Print the report as JSON on stdout." name:"json"`
+	Quiet bool `help:"Print nothing but errors (and the JSON report with --json)." short:"q"`
+
+	stdout io.Writer
+	stderr io.Writer
+	ctx    context.Context
+}
+
+// CLI is the command tree.
+type CLI struct {
+	Globals
+
+	Convert ConvertCmd `cmd:"" help:"Convert a TinyLLaVA teacher into a hybrid Mamba-2/Transformer checkpoint."`
+
+	Version            VersionCmd                   `cmd:"" help:"Print the version."`
+	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions (bash, zsh, fish)."`
+}
+
+// exitError carries an exit code without printing anything more.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var cli CLI
+	cli.stdout, cli.stderr, cli.ctx = stdout, stderr, ctx
+	parser, err := kong.New(&cli,
+		kong.Name("matsurgery"),
+		kong.Description("Turn a TinyLLaVA VLM into a hybrid Mamba-2/Transformer model (MaTVLM): convert, verify, distil."),
+		kong.UsageOnError(),
+		kong.DefaultEnvars("MATSURGERY"),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(exitError{code}) }),
+	)
+	if err != nil {
+		fmt.Fprintln(stderr, "matsurgery:", err)
+		return 2
+	}
+	code := 0
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				if e, ok := r.(exitError); ok {
+					code = e.code
+					return
+				}
+				panic(r)
+			}
+		}()
+		kongplete.Complete(parser)
+		kctx, err := parser.Parse(args)
+		if err != nil {
+			fmt.Fprintln(stderr, "matsurgery:", err)
+			code = 2
+			return
+		}
+		if err := kctx.Run(&cli.Globals); err != nil {
+			var ee exitError
+			if errors.As(err, &ee) {
+				code = ee.code
+				return
+			}
+			fmt.Fprintln(stderr, "matsurgery:", err)
+			code = 1
+		}
+	}()
+	return code
+}

@@ -1,0 +1,431 @@
+package surgery
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/matsurgery/matsurgery/formats"
+	"github.com/matsurgery/matsurgery/initmap"
+	"github.com/matsurgery/matsurgery/layout"
+)
+
+// Progress receives byte counts of long work; the CLI draws a bar, tests ignore it.
+type Progress interface {
+	Start(label string, total int64)
+	Add(n int64)
+	Finish()
+}
+
+type silent struct{}
+
+func (silent) Start(string, int64) {}
+func (silent) Add(int64)           {}
+func (silent) Finish()             {}
+
+// ProvenanceName is the provenance file written beside the hybrid.
+const ProvenanceName = "matsurgery.json"
+
+// Provenance records how a hybrid was made.
+type Provenance struct {
+	Tool       string            `json:"tool"`
+	Version    string            `json:"version"`
+	Teacher    string            `json:"teacher"`
+	TeacherSHA map[string]string `json:"teacher_sha256"`
+	Family     string            `json:"family"`
+	Plan       layout.Plan       `json:"plan"`
+	NewLayers  []int             `json:"new_layers"`
+	Seed       uint64            `json:"seed"`
+	Init       InitRecord        `json:"init"`
+	Parent     json.RawMessage   `json:"parent,omitempty"`
+}
+
+// InitRecord is the initialisation as recorded in the provenance file.
+type InitRecord struct {
+	Mapping   map[string]string `json:"mapping"`
+	DtMin     float64           `json:"dt_min"`
+	DtMax     float64           `json:"dt_max"`
+	DtFloor   float64           `json:"dt_floor"`
+	AMin      float64           `json:"a_min"`
+	AMax      float64           `json:"a_max"`
+	ConvBound float64           `json:"conv_bound"`
+	KeepBias  bool              `json:"keep_bias"`
+	DType     string            `json:"dtype"`
+}
+
+// Result of a conversion.
+type Result struct {
+	Summary
+	Files    []string `json:"files"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// skipSide are teacher files that the conversion writes anew instead of copying.
+var skipSide = map[string]bool{"model.safetensors.index.json": true, formats.MambaConfigName: true, ProvenanceName: true}
+
+// Run executes the job: it writes the hybrid into a temporary sibling of
+// Out and renames it into place when everything is complete. On any error
+// nothing is left at Out (beyond what was there before) and no temporary remains.
+func (j *Job) Run(ctx context.Context) (res *Result, err error) {
+	o := j.Opts
+	if o.Out == "" {
+		return nil, fmt.Errorf("no output directory given")
+	}
+	if err := checkOut(o.Out, o.Teacher, o.Force); err != nil {
+		return nil, err
+	}
+	prog := o.Progress
+	if prog == nil {
+		prog = silent{}
+	}
+	parent := filepath.Dir(filepath.Clean(o.Out))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(o.Out)+".partial-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+
+	// Hash the teacher's files alongside the copy (one more core's work).
+	var hashes map[string]string
+	var hashErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		hashes, hashErr = hashTeacher(ctx, o.Teacher)
+	}()
+	defer wg.Wait()
+
+	if err := j.writeTensors(ctx, tmp, prog); err != nil {
+		return nil, err
+	}
+	warnings, err := copySideFiles(o.Teacher, tmp)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileSync(filepath.Join(tmp, formats.MambaConfigName), j.MambaConfig().Marshal()); err != nil {
+		return nil, err
+	}
+	wg.Wait()
+	if hashErr != nil {
+		return nil, hashErr
+	}
+	prov := j.provenance(hashes)
+	pb, _ := json.MarshalIndent(prov, "", "  ")
+	if err := writeFileSync(filepath.Join(tmp, ProvenanceName), append(pb, '\n')); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := replaceDir(tmp, o.Out); err != nil {
+		return nil, err
+	}
+	res = &Result{Summary: j.Summary(), Warnings: warnings}
+	entries, _ := os.ReadDir(o.Out)
+	for _, e := range entries {
+		res.Files = append(res.Files, e.Name())
+	}
+	return res, nil
+}
+
+func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress) error {
+	opts := formats.WriterOptions{Metadata: map[string]string{"format": "pt"}}
+	switch {
+	case j.Opts.ShardSize > 0:
+		opts.MaxShardSize = j.Opts.ShardSize
+	case len(j.Teacher.Files) > 1:
+		for _, g := range j.Groups {
+			if len(g) > 0 {
+				opts.ShardLengths = append(opts.ShardLengths, len(g))
+			}
+		}
+	}
+	w, err := formats.NewWriter(dir, j.Specs, opts)
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	var total int64
+	for _, s := range j.Specs {
+		total += numel(s.Shape) * int64(s.DType.Size())
+	}
+	prog.Start("convert", total)
+	defer prog.Finish()
+
+	added := map[string]int{} // mixer tensor → layer
+	for _, a := range j.Added {
+		added[a.Name] = layout.LayerOf(a.Name)
+	}
+	var mixer map[string]*initmap.Tensor
+	mixerLayer := -1
+	files := map[string]*os.File{}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, s := range j.Specs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		size := numel(s.Shape) * int64(s.DType.Size())
+		if l, ok := added[s.Name]; ok {
+			if l != mixerLayer {
+				if mixer, err = j.buildMixer(l); err != nil {
+					return err
+				}
+				mixerLayer = l
+			}
+			t := mixer[strings.TrimPrefix(s.Name, layout.MambaPrefix(l))]
+			if err := w.WriteBytes(s.Name, t.Data); err != nil {
+				return err
+			}
+			prog.Add(size)
+			continue
+		}
+		info, _ := j.Teacher.Tensor(s.Name)
+		f := files[info.File]
+		if f == nil {
+			if f, err = os.Open(info.File); err != nil {
+				return err
+			}
+			files[info.File] = f
+		}
+		// A LimitedReader over the *os.File lets the kernel copy (copy_file_range).
+		if _, err := f.Seek(info.Offset, io.SeekStart); err != nil {
+			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		}
+		if err := w.Write(s.Name, &io.LimitedReader{R: f, N: info.Size}); err != nil {
+			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		}
+		prog.Add(size)
+	}
+	return w.Commit()
+}
+
+func (j *Job) buildMixer(l int) (map[string]*initmap.Tensor, error) {
+	read := func(p layout.Part, suffix string) (*initmap.Tensor, error) {
+		name := j.Desc.LayerTensor(l, p, suffix)
+		info, ok := j.Teacher.Tensor(name)
+		if !ok {
+			if suffix == "bias" {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("%s: missing tensor %s", j.Opts.Teacher, name)
+		}
+		data, err := j.Teacher.Raw(name)
+		if err != nil {
+			return nil, err
+		}
+		return &initmap.Tensor{DType: info.DType, Shape: info.Shape, Data: data}, nil
+	}
+	var att initmap.Attention
+	var err error
+	for _, x := range []struct {
+		p   layout.Part
+		w   **initmap.Tensor
+		b   **initmap.Tensor
+		key string
+	}{{layout.AttnQ, &att.Q, &att.QBias, "q"}, {layout.AttnK, &att.K, &att.KBias, "k"}, {layout.AttnV, &att.V, &att.VBias, "v"}, {layout.AttnO, &att.O, &att.OBias, "o"}} {
+		if *x.w, err = read(x.p, "weight"); err != nil {
+			return nil, err
+		}
+		if j.Init.KeepBias {
+			if *x.b, err = read(x.p, "bias"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	m, err := initmap.Mixer(j.Sizes, att, j.Init, j.Opts.Seed, l)
+	if err != nil {
+		return nil, fmt.Errorf("%s: layer %d: %w", j.Opts.Teacher, l, err)
+	}
+	return m, nil
+}
+
+func (j *Job) provenance(hashes map[string]string) Provenance {
+	in := j.Init
+	p := Provenance{
+		Tool: "matsurgery", Version: j.Opts.Version, Teacher: filepath.Base(filepath.Clean(j.Opts.Teacher)),
+		TeacherSHA: hashes, Family: string(j.Config.Family), Plan: j.Plan, NewLayers: j.NewLayers, Seed: j.Opts.Seed,
+		Init: InitRecord{
+			Mapping: map[string]string{"x": "v_proj", "B": "k_proj", "C": "q_proj", "out_proj": j.Desc.Layer[layout.AttnO]},
+			DtMin:   in.DtMin, DtMax: in.DtMax, DtFloor: in.DtFloor, AMin: in.AMin, AMax: in.AMax, ConvBound: in.ConvBound,
+			KeepBias: in.KeepBias, DType: string(in.DType),
+		},
+	}
+	if prev, err := os.ReadFile(filepath.Join(j.Opts.Teacher, ProvenanceName)); err == nil && json.Valid(prev) {
+		p.Parent = prev
+	}
+	return p
+}
+
+// checkOut refuses an output that is the teacher, lies inside it, or is a non-empty directory without force.
+func checkOut(out, teacher string, force bool) error {
+	ao, err1 := filepath.Abs(out)
+	at, err2 := filepath.Abs(teacher)
+	if err1 == nil && err2 == nil {
+		if ao == at || strings.HasPrefix(ao+string(filepath.Separator), at+string(filepath.Separator)) ||
+			strings.HasPrefix(at+string(filepath.Separator), ao+string(filepath.Separator)) {
+			return fmt.Errorf("output %s overlaps the teacher directory %s: choose another output", out, teacher)
+		}
+	}
+	st, err := os.Stat(out)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("output %s exists and is not a directory", out)
+	}
+	entries, err := os.ReadDir(out)
+	if err != nil {
+		return err
+	}
+	if len(entries) > 0 && !force {
+		return fmt.Errorf("output directory %s is not empty: use --force to replace it", out)
+	}
+	return nil
+}
+
+// replaceDir moves the finished tmp directory to out, replacing what is there.
+func replaceDir(tmp, out string) error {
+	if _, err := os.Stat(out); err == nil {
+		var b [6]byte
+		rand.Read(b[:])
+		old := filepath.Join(filepath.Dir(filepath.Clean(out)), "."+filepath.Base(out)+".old-"+hex.EncodeToString(b[:]))
+		if err := os.Rename(out, old); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, out); err != nil {
+			os.Rename(old, out)
+			return err
+		}
+		return os.RemoveAll(old)
+	}
+	return os.Rename(tmp, out)
+}
+
+func hashTeacher(ctx context.Context, dir string) (map[string]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		sum, err := SHA256File(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		out[e.Name()] = sum
+	}
+	return out, nil
+}
+
+// SHA256File is the hex sha256 of a file.
+func SHA256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// copySideFiles copies the teacher's other files (tokenizer, configs, …).
+func copySideFiles(teacher, dir string) ([]string, error) {
+	entries, err := os.ReadDir(teacher)
+	if err != nil {
+		return nil, err
+	}
+	var warnings []string
+	var names []string
+	for _, e := range entries {
+		n := e.Name()
+		switch {
+		case strings.HasPrefix(n, "."), strings.HasSuffix(n, ".safetensors"), skipSide[n]:
+			continue
+		case e.IsDir():
+			warnings = append(warnings, fmt.Sprintf("subdirectory %s of the teacher not copied", n))
+			continue
+		case !e.Type().IsRegular():
+			warnings = append(warnings, fmt.Sprintf("%s is not a regular file: not copied", n))
+			continue
+		}
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := copyFile(filepath.Join(teacher, n), filepath.Join(dir, n)); err != nil {
+			return nil, err
+		}
+	}
+	return warnings, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
