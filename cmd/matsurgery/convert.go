@@ -17,7 +17,7 @@ type ConvertCmd struct {
 
 	Ratio  float64 `help:"Fraction of decoder layers to turn into Mamba-2 layers, spread at equal intervals (0.25 of 32 → 0,4,…,28)." xor:"plan"`
 	Layers string  `help:"Explicit Mamba layers, e.g. 0,4,8 or 0-3." xor:"plan"`
-	Preset string  `help:"The reference code's hand-written lists for 32-layer models: matvlm-12.5, matvlm-25, matvlm-50." xor:"plan" enum:",matvlm-12.5,matvlm-25,matvlm-50" default:""`
+	Preset string  `help:"The reference code's hand-written lists for 32-layer models: matvlm-12.5, matvlm-25, matvlm-50." xor:"plan"`
 
 	Seed      uint64  `help:"Seed of the random parts (same inputs and seed → byte-identical output)." default:"0"`
 	DType     string  `help:"Dtype of the new tensors: BF16, F16, F32 (default: the teacher's)." name:"dtype"`
@@ -77,8 +77,8 @@ func (c *ConvertCmd) Run(g *Globals) error {
 		}
 		return nil
 	}
-	if c.Out == "" {
-		return fmt.Errorf("no output directory given")
+	if err := surgery.CheckOut(c.Out, c.Teacher, c.Force); err != nil {
+		return err
 	}
 	if !g.Quiet && !g.JSON {
 		printPlan(g, sum)
@@ -111,8 +111,8 @@ func printPlan(g *Globals, s surgery.Summary) {
 		fmt.Fprintf(tw, "new this time\t%s\n", joinInts(s.NewLayers))
 	}
 	fmt.Fprintf(tw, "attention layers\t%s\n", joinInts(s.AttnLayers))
-	fmt.Fprintf(tw, "tensors\t−%d attention, +%d mixer (%s)\n", len(s.Removed), len(s.Added), s.DType)
-	fmt.Fprintf(tw, "parameters\t−%s +%s = %+d (%s)\n", humanCount(s.ParamsRemoved), humanCount(s.ParamsAdded), s.ParamDelta, signed(s.ParamDelta))
+	fmt.Fprintf(tw, "tensors\t-%d attention, +%d mixer (%s)\n", len(s.Removed), len(s.Added), s.DType)
+	fmt.Fprintf(tw, "parameters\t-%s +%s (net %s)\n", humanCount(s.ParamsRemoved), humanCount(s.ParamsAdded), signed(s.ParamDelta))
 	fmt.Fprintf(tw, "output size\t%s\n", humanBytes(s.OutputBytes))
 	fmt.Fprintf(tw, "seed\t%d\n", s.Seed)
 	tw.Flush()
@@ -122,5 +122,5 @@ func signed(n int64) string {
 	if n >= 0 {
 		return "+" + humanCount(n)
 	}
-	return "−" + humanCount(-n)
+	return "-" + humanCount(-n)
 }
