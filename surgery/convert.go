@@ -81,7 +81,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	if o.Out == "" {
 		return nil, fmt.Errorf("no output directory given")
 	}
-	if err := checkOut(o.Out, o.Teacher, o.Force); err != nil {
+	if err := CheckOut(o.Out, o.Teacher, o.Force); err != nil {
 		return nil, err
 	}
 	prog := o.Progress
@@ -133,6 +133,9 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, err
 	}
 	if err := replaceDir(tmp, o.Out); err != nil {
@@ -278,8 +281,8 @@ func (j *Job) provenance(hashes map[string]string) Provenance {
 	return p
 }
 
-// checkOut refuses an output that is the teacher, lies inside it, or is a non-empty directory without force.
-func checkOut(out, teacher string, force bool) error {
+// CheckOut refuses an output that is the teacher, lies inside it, or is a non-empty directory without force.
+func CheckOut(out, teacher string, force bool) error {
 	ao, err1 := filepath.Abs(out)
 	at, err2 := filepath.Abs(teacher)
 	if err1 == nil && err2 == nil {
