@@ -1,6 +1,8 @@
 package cpu
 
 import (
+	"sync"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 )
@@ -10,10 +12,20 @@ import (
 // 0 (C is overwritten, never read) or 1 (accumulate).
 type gemmFunc func(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
 
-// gemm is the float32 matrix product every operation uses. Benchmarks
-// (BenchmarkGemm in gemm_test.go) pick gonum's sgemm over gemmBlocked on
-// amd64: gonum's inner loops are SSE assembly, ours are plain Go.
+// gemm is the float32 matrix product every operation uses: gemmBlocked
+// when the AVX2/FMA micro-kernel is available (gemm_amd64.go), gonum's
+// sgemm otherwise. BenchmarkGemm measures the candidates; on this project's
+// 2-core CI machine the AVX2 kernel is several times faster than gonum, and
+// gonum is faster than gemmBlocked with the plain-Go micro-kernel.
 var gemm gemmFunc = gemmGonum
+
+// microKernel computes a full gemmMR×gemmNR tile from packed strips (see
+// packA, packB) into tile; replaced by an assembly kernel where the CPU
+// has one.
+var microKernel = microKernelGo
+
+// microKernelName names the micro-kernel in use (for benchmarks and logs).
+var microKernelName = "go"
 
 func transpose(t bool) blas.Transpose {
 	if t {
@@ -51,18 +63,18 @@ func scaleRows(m, n int, beta float32, c []float32, ldc int) {
 
 // Blocking of gemmBlocked: kc×nc panels of B and mc×kc panels of A are
 // packed into strips of gemmNR columns / gemmMR rows for the register
-// micro-kernel.
+// micro-kernel (packed B ≈ 1 MiB for L2, a strip of B 16 KiB for L1).
 const (
-	gemmMR = 4
-	gemmNR = 4
+	gemmMR = 6
+	gemmNR = 16
 	gemmKC = 256
-	gemmMC = 64
-	gemmNC = 512
+	gemmMC = 96
+	gemmNC = 1024
 )
 
-// gemmBlocked is a cache-blocked, packed matrix product in plain Go with a
-// 4×4 register micro-kernel (serial). It is kept as the portable
-// alternative measured against gonum in BenchmarkGemm.
+// gemmBlocked is a cache-blocked, packed matrix product (serial): the
+// classic five loops around a register micro-kernel. Each element of C is
+// summed over k in order, in float32.
 func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
@@ -71,8 +83,9 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 		scaleRows(m, n, beta, c, ldc)
 		return
 	}
-	bp := make([]float32, gemmKC*(gemmNC+gemmNR))
-	ap := make([]float32, gemmKC*(gemmMC+gemmMR))
+	ws := gemmPool.Get().(*gemmWorkspace)
+	defer gemmPool.Put(ws)
+	bp, ap, tile := ws.b[:], ws.a[:], &ws.tile
 	for j0 := 0; j0 < n; j0 += gemmNC {
 		nc := min(gemmNC, n-j0)
 		for p0 := 0; p0 < k; p0 += gemmKC {
@@ -90,11 +103,37 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 					bs := bp[jr*kc : jr*kc+gemmNR*kc]
 					for ir := 0; ir < mc; ir += gemmMR {
 						mr := min(gemmMR, mc-ir)
-						as := ap[ir*kc : ir*kc+gemmMR*kc]
-						micro4x4(kc, as, bs, c[(i0+ir)*ldc+j0+jr:], ldc, mr, nr, bt)
+						microKernel(kc, ap[ir*kc:ir*kc+gemmMR*kc], bs, tile)
+						storeTile(tile, c[(i0+ir)*ldc+j0+jr:], ldc, mr, nr, bt)
 					}
 				}
 			}
+		}
+	}
+}
+
+// gemmWorkspace holds the packed panels of one gemmBlocked call.
+type gemmWorkspace struct {
+	b    [gemmKC * gemmNC]float32
+	a    [gemmKC * gemmMC]float32
+	tile [gemmMR * gemmNR]float32
+}
+
+// gemmPool recycles workspaces: the chunked scan calls gemm thousands of
+// times per operation on small matrices.
+var gemmPool = sync.Pool{New: func() any { return new(gemmWorkspace) }}
+
+// storeTile writes (beta 0) or adds (beta 1) the mr×nr corner of tile to C.
+func storeTile(tile *[gemmMR * gemmNR]float32, c []float32, ldc, mr, nr int, beta float32) {
+	for i := range mr {
+		row := c[i*ldc : i*ldc+nr]
+		src := tile[i*gemmNR : i*gemmNR+nr]
+		if beta == 0 {
+			copy(row, src)
+			continue
+		}
+		for j, v := range src {
+			row[j] += v
 		}
 	}
 }
@@ -104,23 +143,26 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 func packB(transB bool, b []float32, ldb, p0, j0, kc, nc int, dst []float32) {
 	for jr := 0; jr < nc; jr += gemmNR {
 		strip := dst[jr*kc : jr*kc+gemmNR*kc]
+		nr := min(gemmNR, nc-jr)
+		if !transB {
+			for p := range kc {
+				row := b[(p0+p)*ldb+j0+jr:][:nr]
+				d := strip[p*gemmNR : (p+1)*gemmNR]
+				copy(d, row)
+				clear(d[nr:])
+			}
+			continue
+		}
 		for j := range gemmNR {
-			col := j0 + jr + j
-			if jr+j >= nc {
+			if j >= nr {
 				for p := range kc {
 					strip[p*gemmNR+j] = 0
 				}
 				continue
 			}
-			if transB {
-				row := b[col*ldb+p0 : col*ldb+p0+kc]
-				for p, v := range row {
-					strip[p*gemmNR+j] = v
-				}
-			} else {
-				for p := range kc {
-					strip[p*gemmNR+j] = b[(p0+p)*ldb+col]
-				}
+			col := b[(j0+jr+j)*ldb+p0:][:kc]
+			for p, v := range col {
+				strip[p*gemmNR+j] = v
 			}
 		}
 	}
@@ -131,69 +173,45 @@ func packB(transB bool, b []float32, ldb, p0, j0, kc, nc int, dst []float32) {
 func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 	for ir := 0; ir < mc; ir += gemmMR {
 		strip := dst[ir*kc : ir*kc+gemmMR*kc]
+		mr := min(gemmMR, mc-ir)
+		if transA {
+			for p := range kc {
+				row := a[(p0+p)*lda+i0+ir:][:mr]
+				d := strip[p*gemmMR : (p+1)*gemmMR]
+				copy(d, row)
+				clear(d[mr:])
+			}
+			continue
+		}
 		for i := range gemmMR {
-			row := i0 + ir + i
-			if ir+i >= mc {
+			if i >= mr {
 				for p := range kc {
 					strip[p*gemmMR+i] = 0
 				}
 				continue
 			}
-			if transA {
-				for p := range kc {
-					strip[p*gemmMR+i] = a[(p0+p)*lda+row]
-				}
-			} else {
-				src := a[row*lda+p0 : row*lda+p0+kc]
-				for p, v := range src {
-					strip[p*gemmMR+i] = v
-				}
+			src := a[(i0+ir+i)*lda+p0:][:kc]
+			for p, v := range src {
+				strip[p*gemmMR+i] = v
 			}
 		}
 	}
 }
 
-// micro4x4 computes the mr×nr corner of a 4×4 tile of C from packed strips.
-func micro4x4(kc int, as, bs []float32, c []float32, ldc, mr, nr int, beta float32) {
-	var c00, c01, c02, c03, c10, c11, c12, c13 float32
-	var c20, c21, c22, c23, c30, c31, c32, c33 float32
-	as = as[:4*kc]
-	bs = bs[:4*kc]
-	for len(as) >= 4 && len(bs) >= 4 {
-		a0, a1, a2, a3 := as[0], as[1], as[2], as[3]
-		b0, b1, b2, b3 := bs[0], bs[1], bs[2], bs[3]
-		c00 += a0 * b0
-		c01 += a0 * b1
-		c02 += a0 * b2
-		c03 += a0 * b3
-		c10 += a1 * b0
-		c11 += a1 * b1
-		c12 += a1 * b2
-		c13 += a1 * b3
-		c20 += a2 * b0
-		c21 += a2 * b1
-		c22 += a2 * b2
-		c23 += a2 * b3
-		c30 += a3 * b0
-		c31 += a3 * b1
-		c32 += a3 * b2
-		c33 += a3 * b3
-		as, bs = as[4:], bs[4:]
-	}
-	tile := [4][4]float32{
-		{c00, c01, c02, c03},
-		{c10, c11, c12, c13},
-		{c20, c21, c22, c23},
-		{c30, c31, c32, c33},
-	}
-	for i := range mr {
-		row := c[i*ldc : i*ldc+nr]
-		for j := range row {
-			if beta == 0 {
-				row[j] = tile[i][j]
-			} else {
-				row[j] += tile[i][j]
+// microKernelGo is the portable micro-kernel: one row of the tile at a
+// time, 16 accumulators per row.
+func microKernelGo(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32) {
+	a = a[:gemmMR*kc]
+	b = b[:gemmNR*kc]
+	for i := range gemmMR {
+		var acc [gemmNR]float32
+		for p := range kc {
+			av := a[p*gemmMR+i]
+			bs := b[p*gemmNR : (p+1)*gemmNR : (p+1)*gemmNR]
+			for j := range acc {
+				acc[j] += av * bs[j]
 			}
 		}
+		copy(tile[i*gemmNR:(i+1)*gemmNR], acc[:])
 	}
 }

@@ -7,6 +7,14 @@ import (
 	"testing"
 )
 
+// gemmBlockedGo runs gemmBlocked with the portable micro-kernel.
+func gemmBlockedGo(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	saved := microKernel
+	microKernel = microKernelGo
+	defer func() { microKernel = saved }()
+	gemmBlocked(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+}
+
 func randF32(rng *rand.Rand, n int) []float32 {
 	s := make([]float32, n)
 	for i := range s {
@@ -18,10 +26,10 @@ func randF32(rng *rand.Rand, n int) []float32 {
 // Both gemm kernels against a float64 triple loop, for every transpose
 // combination, odd sizes, padded leading dimensions and beta 0 and 1.
 func TestGemmKernels(t *testing.T) {
-	kernels := map[string]gemmFunc{"gonum": gemmGonum, "blocked": gemmBlocked}
+	kernels := map[string]gemmFunc{"gonum": gemmGonum, "blocked": gemmBlocked, "blocked/go": gemmBlockedGo}
 	rng := rand.New(rand.NewPCG(7, 8))
 	for name, kern := range kernels {
-		for _, sz := range [][3]int{{1, 1, 1}, {5, 7, 3}, {67, 130, 300}, {129, 5, 513}} {
+		for _, sz := range [][3]int{{1, 1, 1}, {5, 7, 3}, {6, 16, 256}, {67, 130, 300}, {129, 5, 513}, {100, 1030, 20}} {
 			m, n, k := sz[0], sz[1], sz[2]
 			for _, tA := range []bool{false, true} {
 				for _, tB := range []bool{false, true} {
@@ -92,7 +100,7 @@ func BenchmarkGemm(b *testing.B) {
 	for _, kc := range []struct {
 		name string
 		f    gemmFunc
-	}{{"gonum", gemmGonum}, {"blocked", gemmBlocked}} {
+	}{{"gonum", gemmGonum}, {"blocked/" + microKernelName, gemmBlocked}, {"blocked/go", gemmBlockedGo}} {
 		b.Run(fmt.Sprintf("%s/%dx%dx%d", kc.name, m, n, k), func(b *testing.B) {
 			for b.Loop() {
 				kc.f(false, true, m, n, k, a, k, w, k, 0, c, n)

@@ -274,6 +274,7 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 	rep := H / G
 	type buffers struct {
 		cs  []float64
+		dt  []float32 // dt of the chunk's tokens
 		m   []float32 // [Q×Q] masked, decayed C·Bᵀ
 		xw  []float32 // [Q×P] x_s·dt_s·exp(cs_last−cs_s)
 		off []float32 // [Q×P] C·Hᵀ
@@ -285,8 +286,8 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 		g := h / rep
 		if scratch[w] == nil {
 			scratch[w] = &buffers{
-				cs: make([]float64, Q),
-				m:  make([]float32, Q*Q), xw: make([]float32, Q*P),
+				cs: make([]float64, Q), dt: make([]float32, Q),
+				m: make([]float32, Q*Q), xw: make([]float32, Q*P),
 				off: make([]float32, Q*P), hs: make([]float32, P*N),
 			}
 		}
@@ -310,12 +311,14 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 			yc := s.y.f32[((b*L+t0)*H+h)*P:]
 			bc := s.B.f32[((b*L+t0)*G+g)*N:]
 			cc := s.C.f32[((b*L+t0)*G+g)*N:]
-			dtAt := func(i int) float32 { return s.dt.f32[(b*L+t0+i)*H+h] }
-
+			dtc := buf.dt[:q]
+			for i := range dtc {
+				dtc[i] = s.dt.f32[(b*L+t0+i)*H+h]
+			}
 			cs := buf.cs[:q]
 			var run float64
-			for i := range q {
-				run += float64(dtAt(i)) * a
+			for i, d := range dtc {
+				run += float64(d) * a
 				cs[i] = run
 			}
 
@@ -324,8 +327,9 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 			gemm(false, true, q, q, N, cc, ldb, bc, ldb, 0, m, q)
 			for l := range q {
 				row := m[l*q : (l+1)*q]
-				for si := 0; si <= l; si++ {
-					row[si] *= float32(math.Exp(min(cs[l]-cs[si], 0))) * dtAt(si)
+				csl := cs[l]
+				for si, c := range cs[:l+1] {
+					row[si] *= float32(math.Exp(min(csl-c, 0))) * dtc[si]
 				}
 				clear(row[l+1:])
 			}
@@ -356,7 +360,7 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 			last := cs[q-1]
 			xw := buf.xw[:q*P]
 			for si := range q {
-				f := float32(math.Exp(min(last-cs[si], 0))) * dtAt(si)
+				f := float32(math.Exp(min(last-cs[si], 0))) * dtc[si]
 				xr := xc[si*ldx : si*ldx+P]
 				dst := xw[si*P : (si+1)*P]
 				for p, v := range xr {
