@@ -6,10 +6,12 @@ import (
 	"github.com/matsurgery/matsurgery/kernels"
 )
 
-// matmulPanel is the number of output columns per task: a BF16 b is
-// widened one panel at a time, so a 6 GB checkpoint's weights never exist
-// as float32 all at once.
-const matmulPanel = 256
+// matmulPanelMax bounds the output columns of one task of a BF16-weight
+// MatMul: b is widened to float32 one panel at a time (at most
+// matmulPanelMax·k floats per worker), so a checkpoint's weights never
+// exist as float32 all at once. Panels are large because each one repacks
+// all of a.
+const matmulPanelMax = 1024
 
 // MatMul computes out[m,n] = a[m,k]·bᵀ (transB: b is [n,k]) or a·b (b is
 // [k,n]); a and b may each be F32 or BF16, accumulation is float32. The
@@ -60,13 +62,18 @@ func (be *Backend) MatMul(out, a, b kernels.Tensor, transB bool) error {
 
 	// BF16 b: tasks of matmulPanel output columns, each widening its panel
 	// of b into per-worker scratch.
-	panels := (n + matmulPanel - 1) / matmulPanel
+	// Equal panels, a multiple of the workers in number, each a multiple
+	// of 16 columns and at most matmulPanelMax wide.
+	rounds := (n + be.workers*matmulPanelMax - 1) / (be.workers * matmulPanelMax)
+	panel := (n + rounds*be.workers - 1) / (rounds * be.workers)
+	panel = min(matmulPanelMax, (panel+15)/16*16)
+	panels := (n + panel - 1) / panel
 	scratch := make([][]float32, be.workerCount(panels))
 	be.parallelTasks(panels, func(w, p int) {
-		j0 := p * matmulPanel
-		nc := min(matmulPanel, n-j0)
+		j0 := p * panel
+		nc := min(panel, n-j0)
 		if scratch[w] == nil {
-			scratch[w] = make([]float32, matmulPanel*k)
+			scratch[w] = make([]float32, panel*k)
 		}
 		bp := scratch[w][:nc*k]
 		if transB {

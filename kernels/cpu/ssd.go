@@ -128,6 +128,21 @@ func (be *Backend) CausalConv1d(out, u, weight, bias kernels.Tensor, silu bool) 
 	return nil
 }
 
+// ssdRow updates one row of a scan state, row = decay·row + xp·b, and
+// returns row·c. Replaced by an assembly version where the CPU has one.
+var ssdRow = ssdRowGo
+
+func ssdRowGo(row, b, c []float32, decay, xp float32) float32 {
+	b, c = b[:len(row)], c[:len(row)]
+	var acc float32
+	for n, bv := range b {
+		v := decay*row[n] + xp*bv
+		row[n] = v
+		acc += v * c[n]
+	}
+	return acc
+}
+
 // ssdOperands are the checked operands of a scan.
 type ssdOperands struct {
 	y, x, dt, A, B, C, D, state *Tensor
@@ -232,15 +247,7 @@ func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) err
 			ct := s.C.f32[((b*L+t)*G+g)*N:][:N]
 			yt := s.y.f32[((b*L+t)*H+h)*P:][:P]
 			for p, xv := range xt {
-				xp := d * xv
-				row := S[p*N : (p+1)*N]
-				var acc float32
-				for n, bv := range bt {
-					v := decay*row[n] + xp*bv
-					row[n] = v
-					acc += v * ct[n]
-				}
-				yt[p] = acc + dh*xv
+				yt[p] = ssdRow(S[p*N:(p+1)*N], bt, ct, decay, d*xv) + dh*xv
 			}
 		}
 		if s.state != nil {
