@@ -153,17 +153,27 @@ func packB(transB bool, b []float32, ldb, p0, j0, kc, nc int, dst []float32) {
 			}
 			continue
 		}
-		for j := range gemmNR {
-			if j >= nr {
-				for p := range kc {
-					strip[p*gemmNR+j] = 0
+		// Gather: each packed k-row of the strip reads one value from each
+		// of the nr source rows and is written contiguously.
+		var src [gemmNR][]float32
+		for j := range nr {
+			src[j] = b[(j0+jr+j)*ldb+p0:][:kc]
+		}
+		if nr == gemmNR {
+			for p := range kc {
+				d := (*[gemmNR]float32)(strip[p*gemmNR : (p+1)*gemmNR])
+				for j := range d {
+					d[j] = src[j][p]
 				}
-				continue
 			}
-			col := b[(j0+jr+j)*ldb+p0:][:kc]
-			for p, v := range col {
-				strip[p*gemmNR+j] = v
+			continue
+		}
+		for p := range kc {
+			d := strip[p*gemmNR : (p+1)*gemmNR]
+			for j := range nr {
+				d[j] = src[j][p]
 			}
+			clear(d[nr:])
 		}
 	}
 }
@@ -180,6 +190,19 @@ func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 				d := strip[p*gemmMR : (p+1)*gemmMR]
 				copy(d, row)
 				clear(d[mr:])
+			}
+			continue
+		}
+		if mr == gemmMR {
+			r0 := a[(i0+ir)*lda+p0:][:kc]
+			r1 := a[(i0+ir+1)*lda+p0:][:kc]
+			r2 := a[(i0+ir+2)*lda+p0:][:kc]
+			r3 := a[(i0+ir+3)*lda+p0:][:kc]
+			r4 := a[(i0+ir+4)*lda+p0:][:kc]
+			r5 := a[(i0+ir+5)*lda+p0:][:kc]
+			for p := range kc {
+				d := (*[gemmMR]float32)(strip[p*gemmMR : (p+1)*gemmMR])
+				d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
 			}
 			continue
 		}
