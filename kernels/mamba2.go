@@ -120,12 +120,10 @@ func Mamba2Forward(be Backend, cfg Mamba2Config, w Mamba2Weights, hidden Tensor,
 	// 3. x, B repeated to NHeads heads / NGroups groups; C full width.
 	xs := f.alloc(nb, l, cfg.DXB)
 	f.do("split x", func() error { return be.SliceCols(xs, xBCc, 0) })
-	x := f.alloc(nb, l, H, P)
-	f.do("repeat x", func() error { return be.RepeatHeads(x, xs, cfg.DXB/P, H, P) })
+	x := f.repeat("x", xs, cfg.DXB/P, H, P)
 	bs := f.alloc(nb, l, cfg.DXB)
 	f.do("split B", func() error { return be.SliceCols(bs, xBCc, cfg.DXB) })
-	B := f.alloc(nb, l, G, N)
-	f.do("repeat B", func() error { return be.RepeatHeads(B, bs, cfg.DXB/N, G, N) })
+	B := f.repeat("B", bs, cfg.DXB/N, G, N)
 	cs := f.alloc(nb, l, G*N)
 	f.do("split C", func() error { return be.SliceCols(cs, xBCc, 2*cfg.DXB) })
 	C := f.view(cs, nb, l, G, N)
@@ -237,6 +235,21 @@ func (f *forward) alloc(shape ...int) Tensor {
 	}
 	f.owned = append(f.owned, t)
 	return t
+}
+
+// repeat returns src [b, l, srcHeads·dim] as [b, l, heads, dim] with heads
+// repeated (repeat_interleave), or as a view when there is nothing to repeat.
+func (f *forward) repeat(name string, src Tensor, srcHeads, heads, dim int) Tensor {
+	if f.err != nil {
+		return nil
+	}
+	s := src.Shape()
+	if srcHeads == heads {
+		return f.view(src, s[0], s[1], heads, dim)
+	}
+	out := f.alloc(s[0], s[1], heads, dim)
+	f.do("repeat "+name, func() error { return f.be.RepeatHeads(out, src, srcHeads, heads, dim) })
+	return out
 }
 
 // view reshapes t when its shape differs from shape.

@@ -145,3 +145,49 @@ func TestDeterminism(t *testing.T) {
 		}
 	}
 }
+
+// fakeTensor belongs to no backend.
+type fakeTensor struct{}
+
+func (fakeTensor) Shape() []int         { return []int{2} }
+func (fakeTensor) DType() kernels.DType { return kernels.F32 }
+func (fakeTensor) Len() int             { return 2 }
+
+func TestLifecycleErrors(t *testing.T) {
+	be := New(2)
+	a, err := be.Upload([]float32{1, 2}, kernels.F32, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := be.Alloc(kernels.F32, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Scale(out, fakeTensor{}, 2); err == nil {
+		t.Error("scale of a foreign tensor: no error")
+	}
+	if err := be.Scale(out, nil, 2); err == nil {
+		t.Error("scale of nil: no error")
+	}
+	view, err := be.Reshape(a, 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.Free(view)
+	if _, err := be.Download(a); err != nil {
+		t.Errorf("owner unusable after freeing its view: %v", err)
+	}
+	if _, err := be.Download(view); err == nil {
+		t.Error("download of a freed view: no error")
+	}
+	be.Free(a)
+	if err := be.Scale(out, a, 2); err == nil {
+		t.Error("scale of a freed tensor: no error")
+	}
+	if err := be.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.Alloc(kernels.F32, 2); err == nil {
+		t.Error("alloc on a closed backend: no error")
+	}
+}
