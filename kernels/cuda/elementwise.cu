@@ -1,0 +1,106 @@
+// elementwise.cu: elementwise, layout and conversion kernels. Every tensor
+// argument comes with a flag that says whether it is bf16 (1) or float32
+// (0); element counts are 64-bit. Activations are evaluated in double and
+// rounded once, like the CPU backend.
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+enum { BIN_ADD = 0, BIN_MUL = 1 };
+
+extern "C" __global__ void k_binary(void* out, int obf, const void* a, int abf, const void* b, int bbf, i64 n, int op) {
+    GRID_STRIDE(i, n) {
+        float x = ld_elem(a, abf, i), y = ld_elem(b, bbf, i);
+        st_elem(out, obf, i, op == BIN_ADD ? x + y : x * y);
+    }
+}
+
+enum { UN_COPY = 0, UN_SCALE = 1, UN_SILU = 2, UN_GELU_ERF = 3, UN_GELU_TANH = 4 };
+
+__device__ __forceinline__ float unary(int op, float x, float s) {
+    double v = (double)x;
+    switch (op) {
+    case UN_SCALE: return s * x;
+    case UN_SILU: return (float)(v / (1.0 + exp(-v)));
+    case UN_GELU_ERF: return (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
+    case UN_GELU_TANH: return (float)(0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v))));
+    }
+    return x;
+}
+
+// k_unary: out = f(a); UN_COPY with differing flags converts dtype.
+extern "C" __global__ void k_unary(void* out, int obf, const void* a, int abf, i64 n, int op, float s) {
+    GRID_STRIDE(i, n) { st_elem(out, obf, i, unary(op, ld_elem(a, abf, i), s)); }
+}
+
+// k_add_bias: x[r, j] += bias[j] for rows·n elements.
+extern "C" __global__ void k_add_bias(void* x, int xbf, const void* bias, int bbf, i64 total, int n) {
+    GRID_STRIDE(i, total) { st_elem(x, xbf, i, ld_elem(x, xbf, i) + ld_elem(bias, bbf, i % n)); }
+}
+
+// k_slice_cols: out[r, j] = src[r, col0 + j], j < cols.
+extern "C" __global__ void k_slice_cols(void* out, int obf, const void* src, int sbf, i64 total, int cols, int scols, int col0) {
+    GRID_STRIDE(i, total) {
+        i64 r = i / cols;
+        int j = (int)(i - r * cols);
+        st_elem(out, obf, i, ld_elem(src, sbf, r * scols + col0 + j));
+    }
+}
+
+// k_repeat_heads: out[r, h, d] = src[r, h / (heads / srcHeads), d].
+extern "C" __global__ void k_repeat_heads(void* out, int obf, const void* src, int sbf, i64 total, int heads, int srcHeads, int dim) {
+    int rep = heads / srcHeads;
+    GRID_STRIDE(i, total) {
+        int d = (int)(i % dim);
+        i64 rh = i / dim;
+        int h = (int)(rh % heads);
+        i64 r = rh / heads;
+        st_elem(out, obf, i, ld_elem(src, sbf, (r * srcHeads + h / rep) * dim + d));
+    }
+}
+
+// k_dt_softplus: out[r, h] = softplus(dt[r, h] + bias[h]) with PyTorch's
+// threshold (softplus(v) = v above 20).
+extern "C" __global__ void k_dt_softplus(void* out, int obf, const void* dt, int dbf, const void* bias, int bbf, i64 total, int heads) {
+    GRID_STRIDE(i, total) {
+        double v = (double)ld_elem(dt, dbf, i);
+        if (bias) v += (double)ld_elem(bias, bbf, i % heads);
+        st_elem(out, obf, i, (float)(v > 20.0 ? v : log1p(exp(v))));
+    }
+}
+
+// k_causal_conv1d: out[b, t, c] = bias[c] + Σ_j w[c, j]·u[b, t−k+1+j, c]
+// (u = 0 before t = 0), then SiLU when silu != 0. Sums in double.
+extern "C" __global__ void k_causal_conv1d(void* out, int obf, const void* u, int ubf, const void* w, int wbf, const void* bias, int bbf,
+                                           i64 total, int seqlen, int channels, int k, int silu) {
+    GRID_STRIDE(i, total) {
+        int c = (int)(i % channels);
+        i64 bt = i / channels;
+        int t = (int)(bt % seqlen);
+        double acc = bias ? (double)ld_elem(bias, bbf, c) : 0.0;
+        for (int j = 0; j < k; j++) {
+            int ts = t - k + 1 + j;
+            if (ts < 0) continue;
+            acc += (double)ld_elem(w, wbf, (i64)c * k + j) * (double)ld_elem(u, ubf, i + (i64)(ts - t) * channels);
+        }
+        if (silu) acc = acc / (1.0 + exp(-acc));
+        st_elem(out, obf, i, (float)acc);
+    }
+}
+
+// k_rope: rotate, in place, dims (i, i + rot/2), i < rot/2, of each head of
+// x[b, t, h, p] by angle (pos0 + t)·theta^(−2i/rot), in double.
+extern "C" __global__ void k_rope(void* x, int xbf, i64 pairs, int seqlen, int heads, int headdim, int rot, double theta, int pos0) {
+    int half = rot / 2;
+    GRID_STRIDE(i, pairs) {
+        int d = (int)(i % half);
+        i64 bth = i / half;
+        int t = (int)((bth / heads) % seqlen);
+        i64 base = bth * headdim;
+        double inv = pow(theta, -2.0 * (double)d / (double)rot);
+        double s, c;
+        sincos((double)(pos0 + t) * inv, &s, &c);
+        double x1 = (double)ld_elem(x, xbf, base + d), x2 = (double)ld_elem(x, xbf, base + d + half);
+        st_elem(x, xbf, base + d, (float)(x1 * c - x2 * s));
+        st_elem(x, xbf, base + d + half, (float)(x2 * c + x1 * s));
+    }
+}

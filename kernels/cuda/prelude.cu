@@ -1,0 +1,100 @@
+// prelude.cu: definitions shared by every kernel module. It is prepended to
+// each module's source before NVRTC compiles it. No #include: NVRTC on the
+// target machines finds no CUDA headers, so bf16 is handled by bit
+// operations and the few PTX instructions used are written as inline asm.
+
+typedef unsigned short bf16_t;
+typedef long long i64;
+
+// bf16 <-> float32. The conversion to bf16 rounds to nearest even and keeps
+// NaN a quiet NaN, as the CPU backend and PyTorch do.
+__device__ __forceinline__ float bf16_to_f32(bf16_t h) { return __uint_as_float(((unsigned)h) << 16); }
+
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+// Element i of a tensor that is float32 (bf == 0) or bf16 (bf != 0).
+__device__ __forceinline__ float ld_elem(const void* p, int bf, i64 i) {
+    return bf ? bf16_to_f32(((const bf16_t*)p)[i]) : ((const float*)p)[i];
+}
+__device__ __forceinline__ void st_elem(void* p, int bf, i64 i, float v) {
+    if (bf) ((bf16_t*)p)[i] = f32_to_bf16(v);
+    else ((float*)p)[i] = v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Split v into hi + lo, two bf16 values whose sum carries about 16
+// significant bits of v; hi·b + lo·b on the tensor cores then matches a
+// float32 product to about 2^-17 relative.
+__device__ __forceinline__ void split_bf16(float v, bf16_t& hi, bf16_t& lo) {
+    hi = f32_to_bf16(v);
+    lo = f32_to_bf16(v - bf16_to_f32(hi));
+}
+__device__ __forceinline__ unsigned pack_bf16(bf16_t lo_elem, bf16_t hi_elem) {
+    return (unsigned)lo_elem | ((unsigned)hi_elem << 16);
+}
+
+#ifndef MATSURGERY_EMU
+extern __shared__ __align__(16) unsigned char dyn_smem[];
+
+// Shared-memory address of a generic pointer, for ldmatrix and cp.async.
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// D += A·B for one m16n8k16 tile, bf16 operands, float32 accumulators
+// (PTX ISA, "Matrix Fragments for mma.m16n8k16").
+__device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ldmatrix: each lane passes the address of one 16-byte row.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldsm_x2_trans(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+}
+
+// 16-byte asynchronous copy global -> shared; bytes < 16 zero-fills the rest
+// (bytes == 0 writes 16 zero bytes and reads nothing).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Wait until at most one (wait1) or no (wait0) committed group is pending.
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::); }
+#endif

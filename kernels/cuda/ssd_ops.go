@@ -1,0 +1,251 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/matsurgery/matsurgery/kernels"
+)
+
+// scan holds the checked operands of a scan (SSD or linear attention).
+type scan struct {
+	y, x, dt, A, B, C, D, state *Tensor
+	nb, l, h, p, n              int
+	hx, hb, hc                  int // heads of x, groups of B and of C
+}
+
+func (be *Backend) ssdOperands(o *ops, y, x, dt, A, B, C, D, state kernels.Tensor) *scan {
+	s := &scan{y: o.out(y, "y"), x: o.any(x, "x"), dt: o.any(dt, "dt"), A: o.any(A, "A"), B: o.any(B, "B"), C: o.any(C, "C"),
+		D: o.optAny(D, "D"), state: o.opt(state, "state")}
+	if o.err != nil {
+		return s
+	}
+	if len(s.x.shape) != 4 {
+		o.fail("x must be [batch, seqlen, heads, headdim], got %v", s.x.shape)
+		return s
+	}
+	if len(s.B.shape) != 4 {
+		o.fail("B must be [batch, seqlen, groups, dstate], got %v", s.B.shape)
+		return s
+	}
+	s.nb, s.l, s.h, s.p = s.x.shape[0], s.x.shape[1], s.x.shape[2], s.x.shape[3]
+	g := s.B.shape[2]
+	s.n = s.B.shape[3]
+	if s.h%g != 0 {
+		o.fail("%d heads is not a multiple of %d groups", s.h, g)
+		return s
+	}
+	s.hx, s.hb, s.hc = s.h, g, g
+	o.shape(s.y, "y", s.nb, s.l, s.h, s.p)
+	o.shape(s.dt, "dt", s.nb, s.l, s.h)
+	o.shape(s.A, "A", s.h)
+	o.shape(s.B, "B", s.nb, s.l, g, s.n)
+	o.shape(s.C, "C", s.nb, s.l, g, s.n)
+	o.shape(s.D, "D", s.h)
+	o.shape(s.state, "state", s.nb, s.h, s.p, s.n)
+	for _, in := range []struct {
+		t    *Tensor
+		name string
+	}{{s.x, "x"}, {s.dt, "dt"}, {s.B, "B"}, {s.C, "C"}, {s.state, "state"}} {
+		o.noAlias(s.y, in.t, in.name)
+	}
+	return s
+}
+
+// SSDRecurrence runs the Mamba-2 recurrence token by token: one warp per
+// (batch, head, headdim row), state and sums in double (d_state ≤ 256).
+func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) error {
+	o := be.ops("ssdrecurrence")
+	s := be.ssdOperands(o, y, x, dt, A, B, C, D, state)
+	if o.err == nil && s.n > 256 {
+		o.fail("d_state %d > 256 is not supported", s.n)
+	}
+	return o.run(func() error { return be.recurrence(o.op, s) })
+}
+
+func (be *Backend) recurrence(what string, s *scan) error {
+	npl := 1
+	for npl*32 < s.n {
+		npl *= 2
+	}
+	f, err := be.kernel("core", fmt.Sprintf("k_ssd_recurrence_%d", npl))
+	if err != nil {
+		return err
+	}
+	warps := int64(s.nb) * int64(s.h) * int64(s.p)
+	const block = 256
+	grid := (warps*32 + block - 1) / block
+	if grid > 1<<31-1 {
+		return fmt.Errorf("%s: too many rows (%d)", what, warps)
+	}
+	return be.launch(what, f, dims{int(grid), 1, 1}, dims{block, 1, 1}, 0,
+		s.y, s.x, s.x.bf(), s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.B.bf(), s.C, s.C.bf(), s.D, s.D.bf(), s.state,
+		s.nb, s.l, s.h, s.p, s.n, s.hx, s.hb, s.hc)
+}
+
+// maxChunkTile is the longest chunk a kernel holds in shared memory.
+// Longer chunks are processed in pieces of defaultChunkTile tokens, which
+// is the same chunked algorithm with a shorter chunk: the function is the
+// same, only rounding differs.
+const (
+	maxChunkTile     = 128
+	defaultChunkTile = 64
+)
+
+// SSDChunkScan computes SSDRecurrence's function by the chunked algorithm
+// (SPEC §3) with chunk length chunk (above 128, pieces of 64 tokens: see
+// maxChunkTile). bf16 x, B and C with headdim and d_state multiples of 16
+// and a chunk that is a multiple of 16 run on the tensor cores
+// (ssd_tc.cu); everything else on the CUDA cores (ssd_cc.cu). Both keep
+// dt, the cumulative sums and the state in float32, every exponent ≤ 0.
+func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chunk int) error {
+	o := be.ops("ssdchunkscan")
+	s := be.ssdOperands(o, y, x, dt, A, B, C, D, state)
+	if chunk <= 0 {
+		o.fail("chunk length %d, want > 0", chunk)
+	}
+	return o.run(func() error { return be.chunkScan(o.op, s, chunk) })
+}
+
+func (be *Backend) chunkScan(what string, s *scan, chunk int) error {
+	q := chunk
+	if q > maxChunkTile {
+		q = defaultChunkTile
+	}
+	if s.x.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.C.dtype == kernels.BF16 &&
+		s.p%16 == 0 && s.n%16 == 0 && q%16 == 0 {
+		if pb := be.pickSplit(s, 16, func(pb int) int { return tcSharedBytes(q, pb, s.n) }); pb > 0 {
+			return be.scanTC(what, s, q, pb)
+		}
+	}
+	// A chunk too long for shared memory with this d_state is halved: the
+	// same algorithm with a shorter chunk.
+	for ; q >= 1; q /= 2 {
+		if pb := be.pickSplit(s, 1, func(pb int) int { return ccSharedBytes(q, pb, s.n) }); pb > 0 {
+			return be.scanCC(what, s, q, pb)
+		}
+	}
+	return fmt.Errorf("%s: d_state %d does not fit in %d bytes of shared memory", what, s.n, be.smemOptin)
+}
+
+// pickSplit chooses how many headdim columns one block takes: the largest
+// divisor of P that is a multiple of unit and fits in shared memory, made
+// smaller while there are fewer blocks than multiprocessors. 0: none fits.
+func (be *Backend) pickSplit(s *scan, unit int, smem func(pb int) int) int {
+	best := 0
+	for pb := s.p; pb >= unit; pb-- {
+		if s.p%pb != 0 || pb%unit != 0 || smem(pb) > be.smemOptin {
+			continue
+		}
+		best = pb
+		if s.nb*s.h*(s.p/pb) >= be.sms {
+			break
+		}
+	}
+	return best
+}
+
+// ccSharedBytes is ssd_cc.cu's dynamic shared memory.
+func ccSharedBytes(q, pb, n int) int {
+	return 4 * (q*pb + 2*q*(n+1) + q*(q+1) + pb*(n+1) + 4*q)
+}
+
+// pad16 mirrors ssd_tc.cu's PAD16: a row of w bf16 padded to an odd number
+// of 16-byte units.
+func pad16(w int) int {
+	u := (w + 7) / 8
+	if u%2 == 0 {
+		u++
+	}
+	return 8 * u
+}
+
+// tcSharedBytes is ssd_tc.cu's dynamic shared memory.
+func tcSharedBytes(q, pb, n int) int {
+	sx, sn, sq := pad16(pb), pad16(n), pad16(q)
+	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq+2*pb*sn) + 4*4*q
+}
+
+func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
+	f, err := be.kernel("core", "k_ssd_cc")
+	if err != nil {
+		return err
+	}
+	smem := ccSharedBytes(q, pb, s.n)
+	if err := be.setMaxDynamicShared(f, smem); err != nil {
+		return err
+	}
+	return be.launch(what, f, dims{s.nb * s.h, s.p / pb, 1}, dims{256, 1, 1}, smem,
+		s.y, s.x, s.x.bf(), s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.B.bf(), s.C, s.C.bf(), s.D, s.D.bf(), s.state,
+		s.l, s.h, s.p, s.n, s.hx, s.hb, s.hc, q, pb)
+}
+
+func (be *Backend) scanTC(what string, s *scan, q, pb int) error {
+	f, err := be.kernel("ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n))
+	if err != nil {
+		return err
+	}
+	smem := tcSharedBytes(q, pb, s.n)
+	if err := be.setMaxDynamicShared(f, smem); err != nil {
+		return err
+	}
+	return be.launch(what, f, dims{s.nb * s.h, s.p / pb, 1}, dims{pb / 8 * 32, 1, 1}, smem,
+		s.y, s.x, s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.C, s.D, s.D.bf(), s.state,
+		s.l, s.h, s.p, s.hx, s.hb, s.hc)
+}
+
+// attnOperands checks out and q [b,l,H,p], k and v [b,l,Hkv,p].
+func (be *Backend) attnOperands(o *ops, out, q, k, v kernels.Tensor) *scan {
+	s := &scan{y: o.out(out, "out"), C: o.any(q, "q"), B: o.any(k, "k"), x: o.any(v, "v")}
+	if o.err != nil {
+		return s
+	}
+	if len(s.C.shape) != 4 || len(s.B.shape) != 4 {
+		o.fail("q %v and k %v must be [batch, seqlen, heads, headdim]", s.C.shape, s.B.shape)
+		return s
+	}
+	s.nb, s.l, s.h, s.p = s.C.shape[0], s.C.shape[1], s.C.shape[2], s.C.shape[3]
+	s.n = s.p
+	hkv := s.B.shape[2]
+	o.shape(s.B, "k", s.nb, s.l, hkv, s.p)
+	o.shape(s.x, "v", s.nb, s.l, hkv, s.p)
+	o.shape(s.y, "out", s.nb, s.l, s.h, s.p)
+	if o.err == nil && s.h%hkv != 0 {
+		o.fail("%d heads is not a multiple of %d kv heads", s.h, hkv)
+	}
+	s.hx, s.hb, s.hc = hkv, hkv, s.h
+	o.noAlias(s.y, s.C, "q")
+	o.noAlias(s.y, s.B, "k")
+	o.noAlias(s.y, s.x, "v")
+	return s
+}
+
+// LinearAttention writes the causal, softmax-free, unscaled attention
+// out_t = Σ_{s≤t} (q_t·k_s)·v_s: the chunked scan with x = v, B = k,
+// C = q, dt = 1, A = 0 (chunks of 64).
+func (be *Backend) LinearAttention(out, q, k, v kernels.Tensor) error {
+	o := be.ops("linearattention")
+	s := be.attnOperands(o, out, q, k, v)
+	return o.run(func() error { return be.chunkScan(o.op, s, defaultChunkTile) })
+}
+
+// maxAttentionHead is the largest head size of SoftmaxAttention (its tiles
+// live in static shared memory).
+const maxAttentionHead = 128
+
+// SoftmaxAttention writes Σ_s softmax_s(scale·q_t·k_s)·v_s (s ≤ t when
+// causal) by an online softmax in float32 (attention.cu).
+func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, causal bool) error {
+	o := be.ops("softmaxattention")
+	s := be.attnOperands(o, out, q, k, v)
+	if o.err == nil && s.p > maxAttentionHead {
+		o.fail("head size %d > %d is not supported", s.p, maxAttentionHead)
+	}
+	return o.run(func() error {
+		f, err := be.kernel("core", "k_softmax_attention")
+		if err != nil {
+			return err
+		}
+		return be.launch(o.op, f, dims{(s.l + 15) / 16, s.nb * s.h, 1}, dims{128, 1, 1}, 0,
+			s.y, s.C, s.C.bf(), s.B, s.B.bf(), s.x, s.x.bf(), s.l, s.h, s.hb, s.p, scale, causal)
+	})
+}
