@@ -76,7 +76,8 @@ func (v *addedVocab) splitNormalized(s string) []piece { return v.norm.split(s) 
 
 // matcher finds added tokens leftmost-longest, like the library's Aho-Corasick automaton.
 type matcher struct {
-	byFirst map[byte][]matchPattern // by the pattern's first byte, longest first
+	byFirst [256][]matchPattern // by the pattern's first byte, longest first
+	n       int
 }
 
 type matchPattern struct {
@@ -85,14 +86,12 @@ type matchPattern struct {
 }
 
 func (m *matcher) add(text string, tok *addedToken) {
-	if m.byFirst == nil {
-		m.byFirst = make(map[byte][]matchPattern)
-	}
 	m.byFirst[text[0]] = append(m.byFirst[text[0]], matchPattern{text, tok})
+	m.n++
 }
 
 func (m *matcher) finish() {
-	for _, ps := range m.byFirst {
+	for _, ps := range &m.byFirst {
 		// Longest first; among equal lengths the first declared wins (stable).
 		sort.SliceStable(ps, func(i, j int) bool { return len(ps[i].text) > len(ps[j].text) })
 	}
@@ -113,7 +112,7 @@ func (m *matcher) next(s string, from int) (start, end int, tok *addedToken, ok 
 // split cuts s into text pieces and added tokens, applying lstrip/rstrip as the library's
 // find_matches does. Empty text pieces are dropped.
 func (m *matcher) split(s string) []piece {
-	if len(m.byFirst) == 0 {
+	if m.n == 0 {
 		if s == "" {
 			return nil
 		}

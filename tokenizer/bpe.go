@@ -210,6 +210,22 @@ func (b *bpe) tokenize(word string, dst []int) []int {
 	return dst
 }
 
+// tokenizeBytes is tokenize for a word held in a reused buffer: a cache hit costs no allocation.
+func (b *bpe) tokenizeBytes(word []byte, dst []int) []int {
+	if len(word) == 0 {
+		return dst
+	}
+	if len(word) <= bpeCacheMaxWord && !b.ignoreMerges {
+		b.cacheMu.RLock()
+		ids, ok := b.cache[string(word)]
+		b.cacheMu.RUnlock()
+		if ok {
+			return append(dst, ids...)
+		}
+	}
+	return b.tokenize(string(word), dst)
+}
+
 // symbol is one node of the word's linked list; size 0 marks a symbol merged into its left neighbour.
 type symbol struct {
 	id, prev, next, size int
@@ -379,4 +395,11 @@ func (b *bpe) mergeAll(syms []symbol) {
 			}
 		}
 	}
+}
+
+// resetCache empties the word cache (benchmarks use it to measure uncached encoding).
+func (b *bpe) resetCache() {
+	b.cacheMu.Lock()
+	clear(b.cache)
+	b.cacheMu.Unlock()
 }

@@ -31,12 +31,15 @@ func init() {
 
 // byteLevelEncode maps every byte of s to its stand-in character.
 func byteLevelEncode(s string) string {
-	var b strings.Builder
-	b.Grow(2 * len(s))
+	return string(appendByteLevel(make([]byte, 0, 2*len(s)), s))
+}
+
+// appendByteLevel appends the stand-in characters of the bytes of s to dst.
+func appendByteLevel(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		b.WriteString(byteToString[s[i]])
+		dst = append(dst, byteToString[s[i]]...)
 	}
-	return b.String()
+	return dst
 }
 
 // byteLevelDecodeToken turns a token back into bytes. A token with a character outside the table

@@ -59,6 +59,7 @@ func Parse(data []byte) (*Tokenizer, error) {
 		if t.pre, err = parsePreTokenizer(f.PreTokenizer); err != nil {
 			return nil, fmt.Errorf("pre_tokenizer: %w", err)
 		}
+		t.pre, t.mapBytes = withDeferredMapping(t.pre)
 	}
 	if !isNull(f.PostProcessor) {
 		if t.post, err = parsePostProcessor(f.PostProcessor); err != nil {

@@ -75,33 +75,72 @@ func (q preSequence) preTokenize(words []string) ([]string, error) {
 }
 
 // byteLevelPre is the ByteLevel pre-tokenizer: an optional leading space, an optional split by the
-// GPT-2 pattern, then every byte mapped to its printable stand-in.
+// GPT-2 pattern, then every byte mapped to its printable stand-in. With deferMapping the words are
+// returned unmapped and the caller maps them (into a reused buffer) just before the model.
 type byteLevelPre struct {
 	addPrefixSpace bool
 	split          spanFinder // nil: no split
+	deferMapping   bool
 }
 
 func (b *byteLevelPre) preTokenize(words []string) ([]string, error) {
-	out := make([]string, 0, len(words))
+	out := make([]string, 0, len(words)+len(words)/2)
+	emit := func(w string) {
+		if b.deferMapping {
+			out = append(out, w)
+		} else {
+			out = append(out, byteLevelEncode(w))
+		}
+	}
 	for _, w := range words {
 		if b.addPrefixSpace && !strings.HasPrefix(w, " ") {
 			w = " " + w
 		}
-		if b.split == nil {
+		switch f := b.split.(type) {
+		case nil:
 			if w != "" {
-				out = append(out, byteLevelEncode(w))
+				emit(w)
 			}
-			continue
-		}
-		spans, err := b.split.find(w)
-		if err != nil {
-			return nil, err
-		}
-		for _, sp := range isolate(w, spans) {
-			out = append(out, byteLevelEncode(w[sp[0]:sp[1]]))
+		case scanFinder:
+			for i := 0; i < len(w); {
+				j := f(w, i)
+				emit(w[i:j])
+				i = j
+			}
+		default:
+			spans, err := f.find(w)
+			if err != nil {
+				return nil, err
+			}
+			for _, sp := range isolate(w, spans) {
+				emit(w[sp[0]:sp[1]])
+			}
 		}
 	}
 	return out, nil
+}
+
+// withDeferredMapping returns p with the byte mapping of a final ByteLevel step left to the caller,
+// and whether it did so.
+func withDeferredMapping(p preTokenizer) (preTokenizer, bool) {
+	switch p := p.(type) {
+	case *byteLevelPre:
+		c := *p
+		c.deferMapping = true
+		return &c, true
+	case preSequence:
+		if len(p) == 0 {
+			return p, false
+		}
+		last, ok := withDeferredMapping(p[len(p)-1])
+		if !ok {
+			return p, false
+		}
+		c := append(preSequence(nil), p...)
+		c[len(c)-1] = last
+		return c, true
+	}
+	return p, false
 }
 
 // splitBehavior says what happens to the matches of a Split pattern.
@@ -148,8 +187,8 @@ func parseSplit(m json.RawMessage) (*split, error) {
 	case c.Pattern.String != nil:
 		s.find = literalFinder(*c.Pattern.String)
 	case c.Pattern.Regex != nil:
-		if *c.Pattern.Regex == qwen2Pattern {
-			s.find = qwen2Splitter
+		if known, ok := knownPatterns[*c.Pattern.Regex]; ok {
+			s.find = known
 			break
 		}
 		re, err := compileSplitRegex(*c.Pattern.Regex)

@@ -31,6 +31,7 @@ type Tokenizer struct {
 	added     *addedVocab
 	norm      normalizer    // nil: none
 	pre       preTokenizer  // nil: none
+	mapBytes  bool          // pre leaves the final ByteLevel byte mapping to encode
 	model     *bpe          // the only model kind supported
 	post      postProcessor // nil: none
 	dec       decoder       // nil: tokens joined by spaces, as the library does
@@ -64,7 +65,8 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) []int {
 }
 
 func (t *Tokenizer) encode(text string, addSpecial bool) ([]int, error) {
-	var ids []int
+	ids := make([]int, 0, len(text)/3+4)
+	var buf []byte // a byte-mapped word
 	for _, raw := range t.added.splitRaw(text) {
 		if raw.id >= 0 {
 			ids = append(ids, raw.id)
@@ -90,7 +92,12 @@ func (t *Tokenizer) encode(text string, addSpecial bool) ([]int, error) {
 				}
 			}
 			for _, w := range words {
-				ids = t.model.tokenize(w, ids)
+				if t.mapBytes {
+					buf = appendByteLevel(buf[:0], w)
+					ids = t.model.tokenizeBytes(buf, ids)
+				} else {
+					ids = t.model.tokenize(w, ids)
+				}
 			}
 		}
 	}
