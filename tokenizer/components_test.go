@@ -306,3 +306,51 @@ func TestConcurrentEncode(t *testing.T) {
 		}
 	}
 }
+
+func TestReplaceRegexAndPostSequence(t *testing.T) {
+	// A Regex Replace normalizer (digits runs -> "#"), and a Sequence post-processor (ByteLevel then a
+	// template), as Llama-3's file has.
+	vocab := map[string]int{"<s>": 0, "a": 1, "#": 2, "b": 3}
+	tk := tinyBPE(t, map[string]any{"vocab": vocab, "merges": []string{}}, map[string]any{
+		"normalizer": map[string]any{"type": "Replace", "pattern": map[string]any{"Regex": `\d+`}, "content": "#"},
+		"post_processor": map[string]any{"type": "Sequence", "processors": []any{
+			map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
+			map[string]any{
+				"type":           "TemplateProcessing",
+				"single":         []any{map[string]any{"SpecialToken": map[string]any{"id": "<s>", "type_id": 0}}, map[string]any{"Sequence": map[string]any{"id": "A", "type_id": 0}}},
+				"special_tokens": map[string]any{"<s>": map[string]any{"id": "<s>", "ids": []int{0}, "tokens": []string{"<s>"}}},
+			},
+		}},
+		"decoder": map[string]any{"type": "Replace", "pattern": map[string]any{"String": "#"}, "content": "<num>"},
+	})
+	if got := tk.Encode("a123b4", true); !slices.Equal(got, []int{0, 1, 2, 3, 2}) {
+		t.Errorf("Encode = %v, want [0 1 2 3 2]", got)
+	}
+	if got := tk.Decode([]int{1, 2, 3}, false); got != "a<num>b" {
+		t.Errorf("Decode = %q, want %q", got, "a<num>b")
+	}
+}
+
+func TestByteLevelMappingDeferredOrNot(t *testing.T) {
+	// The encoder defers ByteLevel's byte mapping to a reused buffer; a ByteLevel step that is not
+	// last must map itself. Both must give the same words.
+	text := "it's  a\ttest 1234 漢字 😀\n"
+	eager := &byteLevelPre{split: gpt2Splitter}
+	lazy, ok := withDeferredMapping(preSequence{eager})
+	if !ok {
+		t.Fatal("final ByteLevel not deferred")
+	}
+	e, _ := eager.preTokenize([]string{text})
+	l, _ := lazy.preTokenize([]string{text})
+	if len(e) != len(l) || len(e) < 8 {
+		t.Fatalf("eager %q, deferred %q", e, l)
+	}
+	for i := range e {
+		if got := string(appendByteLevel(nil, l[i])); got != e[i] {
+			t.Errorf("word %d: deferred+mapped %q, eager %q", i, got, e[i])
+		}
+	}
+	if _, ok := withDeferredMapping(preSequence{eager, &split{find: literalFinder("Ġ"), behavior: splitRemoved}}); ok {
+		t.Error("a ByteLevel followed by another step was deferred")
+	}
+}

@@ -159,6 +159,10 @@ func TestGoldenVocabulary(t *testing.T) {
 				if s, ok := tk.IDToken(want); !ok || s != content {
 					t.Errorf("IDToken(%d) = %q, %v; want %q", want, s, ok, content)
 				}
+				// Special or not, as the golden decode with skip_special_tokens shows.
+				if skipped := tk.Decode([]int{want}, true) == ""; tk.IsSpecial(want) != skipped {
+					t.Errorf("IsSpecial(%d %q) = %v, but Decode(skipSpecial) skips it: %v", want, content, tk.IsSpecial(want), skipped)
+				}
 			}
 			if _, ok := tk.TokenID("definitely not a token"); ok {
 				t.Error("TokenID found a token that does not exist")

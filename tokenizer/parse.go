@@ -136,13 +136,3 @@ type patternJSON struct {
 	String *string `json:"String"`
 	Regex  *string `json:"Regex"`
 }
-
-func (p patternJSON) describe() string {
-	switch {
-	case p.String != nil:
-		return fmt.Sprintf("String %q", *p.String)
-	case p.Regex != nil:
-		return fmt.Sprintf("Regex %q", *p.Regex)
-	}
-	return "empty pattern"
-}

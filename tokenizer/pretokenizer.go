@@ -112,7 +112,7 @@ func (b *byteLevelPre) preTokenize(words []string) ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			for _, sp := range isolate(w, spans) {
+			for _, sp := range splitSpans(len(w), spans, splitIsolated, false) {
 				emit(w[sp[0]:sp[1]])
 			}
 		}
@@ -221,26 +221,6 @@ func (s *split) preTokenize(words []string) ([]string, error) {
 
 // span is a byte range [start, end).
 type span [2]int
-
-// isolate returns the matches and the gaps between them, in order, without empty ones
-// (the Isolated behavior without inversion, the common case).
-func isolate(s string, matches []span) []span {
-	out := make([]span, 0, 2*len(matches)+1)
-	prev := 0
-	for _, m := range matches {
-		if prev < m[0] {
-			out = append(out, span{prev, m[0]})
-		}
-		if m[0] < m[1] {
-			out = append(out, m)
-		}
-		prev = m[1]
-	}
-	if prev < len(s) {
-		out = append(out, span{prev, len(s)})
-	}
-	return out
-}
 
 // splitSpans applies a Split behavior to the matches of a pattern in a string of length n, as the
 // library's NormalizedString::split does. Empty spans are dropped.
