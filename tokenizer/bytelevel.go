@@ -10,7 +10,8 @@ import (
 // byte string becomes printable text (a space becomes "Ġ", a newline "Ċ").
 var (
 	byteToRune [256]rune
-	runeToByte = make(map[rune]byte, 256)
+	// runeToByte inverts byteToRune: runeToByte[r] is the byte plus one, 0 where r stands for none.
+	runeToByte [256 + 68]int16
 	// byteToString holds string(byteToRune[b]) to avoid re-encoding in the hot path.
 	byteToString [256]string
 )
@@ -24,7 +25,7 @@ func init() {
 			byteToRune[b] = rune(256 + n)
 			n++
 		}
-		runeToByte[byteToRune[b]] = byte(b)
+		runeToByte[byteToRune[b]] = int16(b) + 1
 		byteToString[b] = string(byteToRune[b])
 	}
 }
@@ -47,11 +48,10 @@ func appendByteLevel(dst []byte, s string) []byte {
 func byteLevelDecodeToken(dst []byte, tok string) []byte {
 	start := len(dst)
 	for _, r := range tok {
-		b, ok := runeToByte[r]
-		if !ok {
+		if r >= rune(len(runeToByte)) || runeToByte[r] == 0 {
 			return append(dst[:start], tok...)
 		}
-		dst = append(dst, b)
+		dst = append(dst, byte(runeToByte[r]-1))
 	}
 	return dst
 }

@@ -180,16 +180,23 @@ type stripDecoder struct {
 func (d stripDecoder) decodeChain(tokens []string) []string {
 	out := make([]string, len(tokens))
 	for i, t := range tokens {
-		rs := []rune(t)
 		lo := 0
-		for lo < len(rs) && lo < d.start && rs[lo] == d.content {
-			lo++
+		for n := 0; n < d.start && lo < len(t); n++ {
+			r, size := utf8.DecodeRuneInString(t[lo:])
+			if r != d.content {
+				break
+			}
+			lo += size
 		}
-		hi := len(rs)
-		for n := 0; n < d.stop && hi > lo && rs[hi-1] == d.content; n++ {
-			hi--
+		hi := len(t)
+		for n := 0; n < d.stop && hi > lo; n++ {
+			r, size := utf8.DecodeLastRuneInString(t[lo:hi])
+			if r != d.content {
+				break
+			}
+			hi -= size
 		}
-		out[i] = string(rs[lo:hi])
+		out[i] = t[lo:hi]
 	}
 	return out
 }
