@@ -134,3 +134,34 @@ func TestReadModelConfigNamesFile(t *testing.T) {
 		t.Errorf("error %v does not name %s", err, path)
 	}
 }
+
+// The fixtures' config.json files were written by the real transformers code (testdata/gen/make_fixtures.py);
+// qwen2-tiny keeps transformers 5's rope_parameters form on purpose.
+func TestReadModelConfigFixtures(t *testing.T) {
+	for _, tc := range []struct {
+		dir                          string
+		fam                          Family
+		hidden, layers, heads, kv, P int
+		rotary                       int
+		theta, eps                   float64
+		tied                         bool
+	}{
+		{"phi-tiny", Phi, 80, 8, 4, 4, 20, 8, 10000, 1e-5, false},
+		{"qwen2-tiny", Qwen2, 64, 8, 4, 2, 16, 16, 1e6, 1e-6, true},
+		{"llama-tiny", Llama, 64, 8, 4, 2, 16, 16, 10000, 1e-5, false},
+	} {
+		c, err := ReadModelConfig(filepath.Join("..", "testdata", "fixtures", tc.dir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx := c.Text
+		if c.Family != tc.fam || tx.HiddenSize != tc.hidden || tx.NumLayers != tc.layers || tx.NumHeads != tc.heads ||
+			tx.NumKVHeads != tc.kv || tx.HeadDim != tc.P || tx.RotaryDim() != tc.rotary || tx.RopeTheta != tc.theta ||
+			tx.NormEps != tc.eps || tx.TieWordEmbeddings != tc.tied || tx.VocabSize != 1024 {
+			t.Errorf("%s: %+v", tc.dir, tx)
+		}
+		if v := c.Vision; v.HiddenSize != 32 || v.NumLayers != 3 || v.NumPatches() != 16 || v.ImageSize != 56 {
+			t.Errorf("%s vision: %+v", tc.dir, v)
+		}
+	}
+}
