@@ -128,19 +128,26 @@ func (be *Backend) CausalConv1d(out, u, weight, bias kernels.Tensor, silu bool) 
 	return nil
 }
 
-// ssdRow updates one row of a scan state, row = decay·row + xp·b, and
-// returns row·c. Replaced by an assembly version where the CPU has one.
-var ssdRow = ssdRowGo
+// ssdToken advances a P×N scan state S by one token of one head:
+// S[p,:] = decay·S[p,:] + (dt·x[p])·b, y[p] = S[p,:]·c + dh·x[p], with
+// P = len(x), N = len(b). Replaced by an assembly version where the CPU
+// has one.
+var ssdToken = ssdTokenGo
 
-func ssdRowGo(row, b, c []float32, decay, xp float32) float32 {
-	b, c = b[:len(row)], c[:len(row)]
-	var acc float32
-	for n, bv := range b {
-		v := decay*row[n] + xp*bv
-		row[n] = v
-		acc += v * c[n]
+func ssdTokenGo(S, x, b, c, y []float32, decay, dt, dh float32) {
+	N := len(b)
+	c = c[:N]
+	for p, xv := range x {
+		row := S[p*N : (p+1)*N]
+		xp := dt * xv
+		var acc float32
+		for n, bv := range b {
+			v := decay*row[n] + xp*bv
+			row[n] = v
+			acc += v * c[n]
+		}
+		y[p] = acc + dh*xv
 	}
-	return acc
 }
 
 // ssdOperands are the checked operands of a scan.
@@ -246,9 +253,7 @@ func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) err
 			bt := s.B.f32[((b*L+t)*G+g)*N:][:N]
 			ct := s.C.f32[((b*L+t)*G+g)*N:][:N]
 			yt := s.y.f32[((b*L+t)*H+h)*P:][:P]
-			for p, xv := range xt {
-				yt[p] = ssdRow(S[p*N:(p+1)*N], bt, ct, decay, d*xv) + dh*xv
-			}
+			ssdToken(S, xt, bt, ct, yt, decay, d, dh)
 		}
 		if s.state != nil {
 			copy(s.state.f32[task*P*N:(task+1)*P*N], S)

@@ -2,20 +2,20 @@ package cpu
 
 import "golang.org/x/sys/cpu"
 
-// ssdRowAVX2 is the AVX2/FMA state-row update of the recurrence (ssd_amd64.s).
+// ssdTokenAVX2 is the AVX2/FMA token step of the recurrence (ssd_amd64.s).
 //
 //go:noescape
-func ssdRowAVX2(row, b, c *float32, n int, decay, xp float32) float32
+func ssdTokenAVX2(S, x, b, c, y *float32, P, N int, decay, dt, dh float32)
 
 func init() {
 	if cpu.X86.HasAVX2 && cpu.X86.HasFMA {
-		ssdRow = func(row, b, c []float32, decay, xp float32) float32 {
-			n := len(row)
-			if n == 0 {
-				return 0
+		ssdToken = func(S, x, b, c, y []float32, decay, dt, dh float32) {
+			P, N := len(x), len(b)
+			if P == 0 || N == 0 {
+				return
 			}
-			_, _ = b[n-1], c[n-1]
-			return ssdRowAVX2(&row[0], &b[0], &c[0], n, decay, xp)
+			_, _, _ = S[P*N-1], c[N-1], y[P-1]
+			ssdTokenAVX2(&S[0], &x[0], &b[0], &c[0], &y[0], P, N, decay, dt, dh)
 		}
 	}
 }
