@@ -321,10 +321,24 @@ func (w *Writer) Write(name string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	size := w.sizes[i]
+	// A file region (an *os.File behind an io.LimitedReader of exactly the tensor's
+	// size) is copied by the kernel (copy_file_range), never through user space.
+	if lr, ok := r.(*io.LimitedReader); ok && lr.N == size {
+		if _, isFile := lr.R.(*os.File); isFile {
+			n, err := f.ReadFrom(lr)
+			if err != nil {
+				return w.fail(fmt.Errorf("safetensors writer: %s: tensor %q: copy: %w", f.Name(), name, err))
+			}
+			if n != size {
+				return w.fail(fmt.Errorf("safetensors writer: %s: tensor %q: reader ended after %d of %d bytes", f.Name(), name, n, size))
+			}
+			return w.finishTensor(i)
+		}
+	}
 	if w.buf == nil {
 		w.buf = make([]byte, 1<<20)
 	}
-	size := w.sizes[i]
 	for done := int64(0); done < size; {
 		chunk := w.buf[:min(int64(len(w.buf)), size-done)]
 		n, err := io.ReadFull(r, chunk)

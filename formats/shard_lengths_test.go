@@ -1,6 +1,10 @@
 package formats
 
 import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -40,4 +44,52 @@ func TestWriterShardLengths(t *testing.T) {
 			t.Errorf("shard lengths %v accepted", bad)
 		}
 	}
+}
+
+// Tensors streamed from a file region go through the kernel's copy; short regions still fail.
+func TestWriterCopiesFileRegions(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src.bin")
+	payload := make([]byte, 4200)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	os.WriteFile(src, payload, 0o644)
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dir := t.TempDir()
+	specs := []TensorSpec{{Name: "a", DType: U8, Shape: []int64{100}}, {Name: "b", DType: U8, Shape: []int64{4000}}}
+	w, err := NewWriter(dir, specs, WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Seek(17, io.SeekStart)
+	if err := w.Write("a", &io.LimitedReader{R: f, N: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write("b", &io.LimitedReader{R: f, N: 4000}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, _ := c.Raw("a")
+	b, _ := c.Raw("b")
+	if !bytes.Equal(a, payload[17:117]) || !bytes.Equal(b, payload[117:4117]) {
+		t.Error("file-region copy changed the bytes")
+	}
+	// A region that ends early (past EOF) is an error, not a short tensor.
+	w2, _ := NewWriter(t.TempDir(), specs[:1], WriterOptions{})
+	f.Seek(int64(len(payload)-10), io.SeekStart)
+	if err := w2.Write("a", &io.LimitedReader{R: f, N: 100}); err == nil {
+		t.Error("short file region accepted")
+	}
+	w2.Abort()
 }
