@@ -35,10 +35,12 @@ func TestConformancePortable(t *testing.T) {
 	savedGemm, savedKernel, savedToken := gemm, microKernel, ssdToken
 	t.Cleanup(func() { gemm, microKernel, ssdToken = savedGemm, savedKernel, savedToken })
 	ssdToken = ssdTokenGo
-	t.Run("blocked-go", func(t *testing.T) {
-		gemm, microKernel = gemmBlocked, microKernelGo
-		conformance.Run(t, func() kernels.Backend { return New(0) }, conformance.DefaultTolerances())
-	})
+	for name, k := range testMicroKernels {
+		t.Run("blocked-"+name, func(t *testing.T) {
+			gemm, microKernel = gemmBlocked, k
+			conformance.Run(t, func() kernels.Backend { return New(0) }, conformance.DefaultTolerances())
+		})
+	}
 	t.Run("gonum", func(t *testing.T) {
 		gemm = gemmGonum
 		conformance.Run(t, func() kernels.Backend { return New(0) }, conformance.DefaultTolerances())

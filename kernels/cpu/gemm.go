@@ -65,8 +65,8 @@ func scaleRows(m, n int, beta float32, c []float32, ldc int) {
 // packed into strips of gemmNR columns / gemmMR rows for the register
 // micro-kernel (packed B ≈ 1 MiB for L2, a strip of B 16 KiB for L1).
 const (
-	gemmMR = 6
-	gemmNR = 16
+	gemmMR = 12
+	gemmNR = 32
 	gemmKC = 256
 	gemmMC = 96
 	gemmNC = 1024
@@ -194,15 +194,15 @@ func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 			continue
 		}
 		if mr == gemmMR {
-			r0 := a[(i0+ir)*lda+p0:][:kc]
-			r1 := a[(i0+ir+1)*lda+p0:][:kc]
-			r2 := a[(i0+ir+2)*lda+p0:][:kc]
-			r3 := a[(i0+ir+3)*lda+p0:][:kc]
-			r4 := a[(i0+ir+4)*lda+p0:][:kc]
-			r5 := a[(i0+ir+5)*lda+p0:][:kc]
+			var rows [gemmMR][]float32
+			for i := range rows {
+				rows[i] = a[(i0+ir+i)*lda+p0:][:kc]
+			}
 			for p := range kc {
 				d := (*[gemmMR]float32)(strip[p*gemmMR : (p+1)*gemmMR])
-				d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
+				for i := range d {
+					d[i] = rows[i][p]
+				}
 			}
 			continue
 		}
@@ -222,7 +222,7 @@ func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 }
 
 // microKernelGo is the portable micro-kernel: one row of the tile at a
-// time, 16 accumulators per row.
+// time, gemmNR accumulators per row.
 func microKernelGo(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32) {
 	a = a[:gemmMR*kc]
 	b = b[:gemmNR*kc]

@@ -2,17 +2,36 @@ package cpu
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
-// gemmBlockedGo runs gemmBlocked with the portable micro-kernel.
-func gemmBlockedGo(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
-	saved := microKernel
-	microKernel = microKernelGo
-	defer func() { microKernel = saved }()
-	gemmBlocked(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+// testMicroKernels are the micro-kernels the tests and benchmarks run
+// gemmBlocked with: the portable one, and on amd64 every assembly kernel
+// this CPU supports (gemm_amd64_test.go).
+var testMicroKernels = map[string]func(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32){
+	"go": microKernelGo,
+}
+
+// blockedWith returns gemmBlocked running the given micro-kernel.
+func blockedWith(k func(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32)) gemmFunc {
+	return func(transA, transB bool, m, n, kk int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+		saved := microKernel
+		microKernel = k
+		defer func() { microKernel = saved }()
+		gemmBlocked(transA, transB, m, n, kk, a, lda, b, ldb, beta, c, ldc)
+	}
+}
+
+func gemmCandidates() map[string]gemmFunc {
+	c := map[string]gemmFunc{"gonum": gemmGonum}
+	for name, k := range testMicroKernels {
+		c["blocked/"+name] = blockedWith(k)
+	}
+	return c
 }
 
 func randF32(rng *rand.Rand, n int) []float32 {
@@ -26,7 +45,7 @@ func randF32(rng *rand.Rand, n int) []float32 {
 // Both gemm kernels against a float64 triple loop, for every transpose
 // combination, odd sizes, padded leading dimensions and beta 0 and 1.
 func TestGemmKernels(t *testing.T) {
-	kernels := map[string]gemmFunc{"gonum": gemmGonum, "blocked": gemmBlocked, "blocked/go": gemmBlockedGo}
+	kernels := gemmCandidates()
 	rng := rand.New(rand.NewPCG(7, 8))
 	for name, kern := range kernels {
 		for _, sz := range [][3]int{{1, 1, 1}, {5, 7, 3}, {6, 16, 256}, {67, 130, 300}, {129, 5, 513}, {100, 1030, 20}} {
@@ -97,15 +116,23 @@ func BenchmarkGemm(b *testing.B) {
 	const m, n, k = 1024, 2560, 2560
 	rng := rand.New(rand.NewPCG(1, 1))
 	a, w, c := randF32(rng, m*k), randF32(rng, n*k), make([]float32, m*n)
-	for _, kc := range []struct {
-		name string
-		f    gemmFunc
-	}{{"gonum", gemmGonum}, {"blocked/" + microKernelName, gemmBlocked}, {"blocked/go", gemmBlockedGo}} {
+	cands := gemmCandidates()
+	names := slices.Sorted(maps.Keys(cands))
+	for _, name := range names {
+		kc := struct {
+			name string
+			f    gemmFunc
+		}{name, cands[name]}
 		b.Run(fmt.Sprintf("%s/%dx%dx%d", kc.name, m, n, k), func(b *testing.B) {
+			clk := startCPU(b)
 			for b.Loop() {
 				kc.f(false, true, m, n, k, a, k, w, k, 0, c, n)
 			}
-			b.ReportMetric(2*m*n*k*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			flops := 2 * m * n * k * float64(b.N)
+			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			if used := processCPUTime() - clk.start; used > 0 {
+				b.ReportMetric(flops/used.Seconds()/1e9, "GFLOP/cpu-s")
+			}
 		})
 	}
 }
