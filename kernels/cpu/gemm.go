@@ -19,10 +19,11 @@ type gemmFunc func(transA, transB bool, m, n, k int, a []float32, lda int, b []f
 // gonum is faster than gemmBlocked with the plain-Go micro-kernel.
 var gemm gemmFunc = gemmGonum
 
-// microKernel computes a full gemmMR×gemmNR tile from packed strips (see
-// packA, packB) into tile; replaced by an assembly kernel where the CPU
-// has one.
-var microKernel = microKernelGo
+// microKernel computes a full gemmMR×gemmNR tile of op(A)·op(B) from
+// packed strips (see packA, packB) and writes it to c (row stride ldc),
+// adding to what c holds when accumulate; replaced by an assembly kernel
+// where the CPU has one.
+var microKernel func(kc int, a, b, c []float32, ldc int, accumulate bool) = microKernelGo
 
 // microKernelName names the micro-kernel in use (for benchmarks and logs).
 var microKernelName = "go"
@@ -74,7 +75,9 @@ const (
 
 // gemmBlocked is a cache-blocked, packed matrix product (serial): the
 // classic five loops around a register micro-kernel. Each element of C is
-// summed over k in order, in float32.
+// summed over k in order within a kc block, in float32, and the blocks are
+// added in order: the result does not depend on how the rows or columns
+// of C are split among callers.
 func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
@@ -85,7 +88,7 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 	}
 	ws := gemmPool.Get().(*gemmWorkspace)
 	defer gemmPool.Put(ws)
-	bp, ap, tile := ws.b[:], ws.a[:], &ws.tile
+	bp, ap, tile := ws.b[:], ws.a[:], ws.tile[:]
 	for j0 := 0; j0 < n; j0 += gemmNC {
 		nc := min(gemmNC, n-j0)
 		for p0 := 0; p0 < k; p0 += gemmKC {
@@ -103,8 +106,15 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 					bs := bp[jr*kc : jr*kc+gemmNR*kc]
 					for ir := 0; ir < mc; ir += gemmMR {
 						mr := min(gemmMR, mc-ir)
-						microKernel(kc, ap[ir*kc:ir*kc+gemmMR*kc], bs, tile)
-						storeTile(tile, c[(i0+ir)*ldc+j0+jr:], ldc, mr, nr, bt)
+						as := ap[ir*kc : ir*kc+gemmMR*kc]
+						dst := c[(i0+ir)*ldc+j0+jr:]
+						if mr == gemmMR && nr == gemmNR {
+							microKernel(kc, as, bs, dst, ldc, bt != 0)
+							continue
+						}
+						// Edge tile: compute the whole tile aside, store its corner.
+						microKernel(kc, as, bs, tile, gemmNR, false)
+						storeTile(tile, dst, ldc, mr, nr, bt)
 					}
 				}
 			}
@@ -124,7 +134,7 @@ type gemmWorkspace struct {
 var gemmPool = sync.Pool{New: func() any { return new(gemmWorkspace) }}
 
 // storeTile writes (beta 0) or adds (beta 1) the mr×nr corner of tile to C.
-func storeTile(tile *[gemmMR * gemmNR]float32, c []float32, ldc, mr, nr int, beta float32) {
+func storeTile(tile []float32, c []float32, ldc, mr, nr int, beta float32) {
 	for i := range mr {
 		row := c[i*ldc : i*ldc+nr]
 		src := tile[i*gemmNR : i*gemmNR+nr]
@@ -223,7 +233,7 @@ func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 
 // microKernelGo is the portable micro-kernel: one row of the tile at a
 // time, gemmNR accumulators per row.
-func microKernelGo(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32) {
+func microKernelGo(kc int, a, b, c []float32, ldc int, accumulate bool) {
 	a = a[:gemmMR*kc]
 	b = b[:gemmNR*kc]
 	for i := range gemmMR {
@@ -235,6 +245,13 @@ func microKernelGo(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32) {
 				acc[j] += av * bs[j]
 			}
 		}
-		copy(tile[i*gemmNR:(i+1)*gemmNR], acc[:])
+		row := c[i*ldc : i*ldc+gemmNR]
+		if !accumulate {
+			copy(row, acc[:])
+			continue
+		}
+		for j, v := range acc {
+			row[j] += v
+		}
 	}
 }

@@ -1,19 +1,20 @@
 #include "textflag.h"
 
-// func kernel6x16AVX2(kc int, a *float32, astride int, b *float32, bstride int, tile *float32, ldt int)
+// func kernel6x16AVX2(kc int, a *float32, astride int, b *float32, bstride int, c *float32, ldc int, acc int)
 //
-// tile[i*ldt+j] = Σ_{p<kc} a[p*astride+i] · b[p*bstride+j] for i < 6, j < 16
-// (strides in bytes): 6 rows of a packed A strip against 16 columns of a
-// packed B strip. Accumulators Y0..Y11 (row i in Y(2i), Y(2i+1)); B in
-// Y12, Y13; broadcasts of A in Y14, Y15.
-TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-56
+// C[i*ldc+j] (+)= Σ_{p<kc} a[p*astride+i] · b[p*bstride+j] for i < 6, j < 16
+// (strides in bytes; acc ≠ 0 adds to C, else overwrites): 6 rows of a
+// packed A strip against 16 columns of a packed B strip. Accumulators
+// Y0..Y11 (row i in Y(2i), Y(2i+1)); B in Y12, Y13; A broadcasts in Y14, Y15.
+TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-64
 	MOVQ kc+0(FP), CX
 	MOVQ a+8(FP), SI
 	MOVQ astride+16(FP), R8
 	MOVQ b+24(FP), DI
 	MOVQ bstride+32(FP), R9
-	MOVQ tile+40(FP), DX
-	MOVQ ldt+48(FP), R10
+	MOVQ c+40(FP), DX
+	MOVQ ldc+48(FP), R10
+	MOVQ acc+56(FP), R11
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -56,6 +57,28 @@ loop6:
 	JNZ  loop6
 
 store6:
+	TESTQ R11, R11
+	JEQ   write6
+	MOVQ  DX, BX
+	VADDPS (BX), Y0, Y0
+	VADDPS 32(BX), Y1, Y1
+	ADDQ R10, BX
+	VADDPS (BX), Y2, Y2
+	VADDPS 32(BX), Y3, Y3
+	ADDQ R10, BX
+	VADDPS (BX), Y4, Y4
+	VADDPS 32(BX), Y5, Y5
+	ADDQ R10, BX
+	VADDPS (BX), Y6, Y6
+	VADDPS 32(BX), Y7, Y7
+	ADDQ R10, BX
+	VADDPS (BX), Y8, Y8
+	VADDPS 32(BX), Y9, Y9
+	ADDQ R10, BX
+	VADDPS (BX), Y10, Y10
+	VADDPS 32(BX), Y11, Y11
+
+write6:
 	VMOVUPS Y0, (DX)
 	VMOVUPS Y1, 32(DX)
 	ADDQ R10, DX
@@ -76,16 +99,19 @@ store6:
 	VZEROUPPER
 	RET
 
-// func kernel12x32AVX512(kc int, a *float32, b *float32, tile *[384]float32)
+// func kernel12x32AVX512(kc int, a *float32, b *float32, c *float32, ldc int, acc int)
 //
-// tile (row-major 12×32) = Σ_{p<kc} a[p*12+i] · b[p*32+j]: a packed strip of
-// 12 rows against a packed strip of 32 columns. Accumulators Z0..Z23 (row
-// i in Z(2i), Z(2i+1)); B in Z24, Z25; broadcasts of A in Z26..Z31.
-TEXT ·kernel12x32AVX512(SB), NOSPLIT, $0-32
+// C[i*ldc+j] (+)= Σ_{p<kc} a[p*12+i] · b[p*32+j] for i < 12, j < 32 (ldc in
+// bytes; acc ≠ 0 adds to C, else overwrites): a packed strip of 12 rows
+// against a packed strip of 32 columns. Accumulators Z0..Z23 (row i in
+// Z(2i), Z(2i+1)); B in Z24, Z25; broadcasts of A in Z26..Z31.
+TEXT ·kernel12x32AVX512(SB), NOSPLIT, $0-48
 	MOVQ kc+0(FP), CX
 	MOVQ a+8(FP), SI
 	MOVQ b+16(FP), DI
-	MOVQ tile+24(FP), DX
+	MOVQ c+24(FP), DX
+	MOVQ ldc+32(FP), R10
+	MOVQ acc+40(FP), R11
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -158,29 +184,80 @@ loop12:
 	JNZ  loop12
 
 store12:
+	TESTQ R11, R11
+	JEQ   write12
+	MOVQ  DX, BX
+	VADDPS (BX), Z0, Z0
+	VADDPS 64(BX), Z1, Z1
+	ADDQ R10, BX
+	VADDPS (BX), Z2, Z2
+	VADDPS 64(BX), Z3, Z3
+	ADDQ R10, BX
+	VADDPS (BX), Z4, Z4
+	VADDPS 64(BX), Z5, Z5
+	ADDQ R10, BX
+	VADDPS (BX), Z6, Z6
+	VADDPS 64(BX), Z7, Z7
+	ADDQ R10, BX
+	VADDPS (BX), Z8, Z8
+	VADDPS 64(BX), Z9, Z9
+	ADDQ R10, BX
+	VADDPS (BX), Z10, Z10
+	VADDPS 64(BX), Z11, Z11
+	ADDQ R10, BX
+	VADDPS (BX), Z12, Z12
+	VADDPS 64(BX), Z13, Z13
+	ADDQ R10, BX
+	VADDPS (BX), Z14, Z14
+	VADDPS 64(BX), Z15, Z15
+	ADDQ R10, BX
+	VADDPS (BX), Z16, Z16
+	VADDPS 64(BX), Z17, Z17
+	ADDQ R10, BX
+	VADDPS (BX), Z18, Z18
+	VADDPS 64(BX), Z19, Z19
+	ADDQ R10, BX
+	VADDPS (BX), Z20, Z20
+	VADDPS 64(BX), Z21, Z21
+	ADDQ R10, BX
+	VADDPS (BX), Z22, Z22
+	VADDPS 64(BX), Z23, Z23
+
+write12:
 	VMOVUPS Z0, (DX)
 	VMOVUPS Z1, 64(DX)
-	VMOVUPS Z2, 128(DX)
-	VMOVUPS Z3, 192(DX)
-	VMOVUPS Z4, 256(DX)
-	VMOVUPS Z5, 320(DX)
-	VMOVUPS Z6, 384(DX)
-	VMOVUPS Z7, 448(DX)
-	VMOVUPS Z8, 512(DX)
-	VMOVUPS Z9, 576(DX)
-	VMOVUPS Z10, 640(DX)
-	VMOVUPS Z11, 704(DX)
-	VMOVUPS Z12, 768(DX)
-	VMOVUPS Z13, 832(DX)
-	VMOVUPS Z14, 896(DX)
-	VMOVUPS Z15, 960(DX)
-	VMOVUPS Z16, 1024(DX)
-	VMOVUPS Z17, 1088(DX)
-	VMOVUPS Z18, 1152(DX)
-	VMOVUPS Z19, 1216(DX)
-	VMOVUPS Z20, 1280(DX)
-	VMOVUPS Z21, 1344(DX)
-	VMOVUPS Z22, 1408(DX)
-	VMOVUPS Z23, 1472(DX)
+	ADDQ R10, DX
+	VMOVUPS Z2, (DX)
+	VMOVUPS Z3, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z4, (DX)
+	VMOVUPS Z5, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z6, (DX)
+	VMOVUPS Z7, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z8, (DX)
+	VMOVUPS Z9, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z10, (DX)
+	VMOVUPS Z11, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z12, (DX)
+	VMOVUPS Z13, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z14, (DX)
+	VMOVUPS Z15, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z16, (DX)
+	VMOVUPS Z17, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z18, (DX)
+	VMOVUPS Z19, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z20, (DX)
+	VMOVUPS Z21, 64(DX)
+	ADDQ R10, DX
+	VMOVUPS Z22, (DX)
+	VMOVUPS Z23, 64(DX)
 	VZEROUPPER
 	RET

@@ -12,12 +12,12 @@ import (
 // testMicroKernels are the micro-kernels the tests and benchmarks run
 // gemmBlocked with: the portable one, and on amd64 every assembly kernel
 // this CPU supports (gemm_amd64_test.go).
-var testMicroKernels = map[string]func(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32){
+var testMicroKernels = map[string]func(kc int, a, b, c []float32, ldc int, accumulate bool){
 	"go": microKernelGo,
 }
 
 // blockedWith returns gemmBlocked running the given micro-kernel.
-func blockedWith(k func(kc int, a, b []float32, tile *[gemmMR * gemmNR]float32)) gemmFunc {
+func blockedWith(k func(kc int, a, b, c []float32, ldc int, accumulate bool)) gemmFunc {
 	return func(transA, transB bool, m, n, kk int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 		saved := microKernel
 		microKernel = k
