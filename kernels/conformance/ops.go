@@ -105,6 +105,7 @@ func (s *suite) matmul(e *env) {
 		{[]int{3, 5, 33}, 17},
 		{[]int{64, 300}, 129},
 		{[]int{2, 35, 96}, 300},
+		{[]int{2, 70, 300}, 333}, // several blocks in every dimension
 	}
 	for _, c := range cases {
 		k := c.aShape[len(c.aShape)-1]
@@ -383,6 +384,7 @@ func (s *suite) ssd(e *env) {
 		{b: 2, l: 10, h: 6, p: 4, g: 3, n: 5, chunk: 64, withD: true, dtLo: 0.01, dtHi: 1, aLo: -2, aHi: -0.5}, // chunk > L
 		{b: 1, l: 300, h: 2, p: 16, g: 2, n: 16, chunk: 64, withD: true, withState: true, dtLo: 0.001, dtHi: 0.1, aLo: -8, aHi: -1},
 		{b: 1, l: 129, h: 4, p: 7, g: 4, n: 9, chunk: 1, withState: true, dtLo: 0.01, dtHi: 0.3, aLo: -3, aHi: -0.1}, // chunk of one token
+		{b: 1, l: 200, h: 32, p: 80, g: 32, n: 80, chunk: 64, withD: true, withState: true, dtLo: 0.001, dtHi: 0.1, aLo: -16, aHi: -1}, // Phi-2 head sizes
 	} {
 		e.runSSD(c)
 	}
@@ -437,7 +439,7 @@ func (s *suite) linearAttention(e *env) {
 }
 
 func (s *suite) softmaxAttention(e *env) {
-	for _, c := range []attnCase{{2, 19, 4, 2, 8}, {1, 1, 3, 3, 5}, {1, 70, 6, 2, 16}, {1, 130, 2, 1, 80}} {
+	for _, c := range []attnCase{{2, 19, 4, 2, 8}, {1, 1, 3, 3, 5}, {1, 70, 6, 2, 16}, {1, 130, 2, 1, 80}, {1, 300, 4, 2, 64}} {
 		for _, causal := range []bool{true, false} {
 			for _, scale := range []float64{1 / math.Sqrt(float64(c.p)), 8} { // 8: peaked, large scores
 				q := e.rand(-1, 1, c.b, c.l, c.h, c.p)
