@@ -383,7 +383,7 @@ func (s *suite) ssd(e *env) {
 		{b: 1, l: 1, h: 2, p: 3, g: 2, n: 4, chunk: 4, withD: true, withState: true, dtLo: 0.01, dtHi: 1, aLo: -2, aHi: -0.5},
 		{b: 2, l: 10, h: 6, p: 4, g: 3, n: 5, chunk: 64, withD: true, dtLo: 0.01, dtHi: 1, aLo: -2, aHi: -0.5}, // chunk > L
 		{b: 1, l: 300, h: 2, p: 16, g: 2, n: 16, chunk: 64, withD: true, withState: true, dtLo: 0.001, dtHi: 0.1, aLo: -8, aHi: -1},
-		{b: 1, l: 129, h: 4, p: 7, g: 4, n: 9, chunk: 1, withState: true, dtLo: 0.01, dtHi: 0.3, aLo: -3, aHi: -0.1}, // chunk of one token
+		{b: 1, l: 129, h: 4, p: 7, g: 4, n: 9, chunk: 1, withState: true, dtLo: 0.01, dtHi: 0.3, aLo: -3, aHi: -0.1},                   // chunk of one token
 		{b: 1, l: 200, h: 32, p: 80, g: 32, n: 80, chunk: 64, withD: true, withState: true, dtLo: 0.001, dtHi: 0.1, aLo: -16, aHi: -1}, // Phi-2 head sizes
 	} {
 		e.runSSD(c)
