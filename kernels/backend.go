@@ -104,6 +104,8 @@ type Backend interface {
 	// RepeatHeads writes out[rows, heads*dim] from src[rows, srcHeads*dim]
 	// with out head h = src head h/(heads/srcHeads) (repeat_interleave, the
 	// GQA repeat_kv convention). heads must be a multiple of srcHeads.
+	// rows = out.Len()/(heads*dim); only element counts are checked, so out
+	// and src may keep the heads as a dimension ([.., heads, dim]) or not.
 	RepeatHeads(out, src Tensor, srcHeads, heads, dim int) error
 
 	// Normalisation over the last dimension.

@@ -122,6 +122,9 @@ func TestLifecycleErrors(t *testing.T) {
 	if err := be.Scale(out, a, 2); err == nil {
 		t.Error("scale of a freed tensor: no error")
 	}
+	if _, err := be.Alloc(kernels.F32, 2, 0); err == nil {
+		t.Error("alloc with a zero dimension: no error")
+	}
 	if err := be.Close(); err != nil {
 		t.Fatal(err)
 	}
