@@ -645,6 +645,18 @@ func TestLegacy(t *testing.T) {
 	}
 }
 
+// Legacy tensor names under a TinyLLaVA_Factory config.json are legacy too.
+func TestLegacyTensorsFactoryConfig(t *testing.T) {
+	dir := writeLegacy(t)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(mustRead(t, filepath.Join(fixtures[0].dir, "config.json"))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := inspectBad(t, dir)
+	if r.Layout != "legacy" || len(r.Problems) != 1 || r.Problems[0].Kind != KindLegacy || r.Family != "" {
+		t.Errorf("layout %q family %q problems %+v", r.Layout, r.Family, r.Problems)
+	}
+}
+
 func TestConfigProblems(t *testing.T) {
 	dir := rewrite(t, fixtures[2].dir, edit{})
 	cfg := strings.Replace(mustRead(t, filepath.Join(dir, "config.json")), "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "stabilityai/stablelm-2-1_6b", 1)

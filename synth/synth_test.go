@@ -560,3 +560,37 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	}
 }
+
+// cancelAfter cancels its context once some bytes have been reported.
+type cancelAfter struct {
+	countingProgress
+	after  int64
+	cancel context.CancelFunc
+}
+
+func (p *cancelAfter) Add(n int64) {
+	p.countingProgress.Add(n)
+	if p.added >= p.after {
+		p.cancel()
+	}
+}
+
+func TestCancelMidway(t *testing.T) {
+	parent := t.TempDir()
+	for _, workers := range []int{1, 3} {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &cancelAfter{after: 300_000, cancel: cancel}
+		out := filepath.Join(parent, "x")
+		_, err := Generate(ctx, Options{Family: formats.Phi, Preset: Tiny, Out: out, Workers: workers, ShardSize: 500_000, Progress: p})
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("workers %d: err %v, want context.Canceled", workers, err)
+		}
+		if p.added >= 1533440 {
+			t.Errorf("workers %d: cancelled run wrote everything (%d bytes)", workers, p.added)
+		}
+		if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+			t.Errorf("workers %d: left behind %v", workers, entries)
+		}
+	}
+}
