@@ -132,3 +132,28 @@ func TestLifecycleErrors(t *testing.T) {
 		t.Error("alloc on a closed backend: no error")
 	}
 }
+
+// The chunked scan refuses growing decays (A > 0 or dt < 0), which its
+// clamped exponents cannot represent.
+func TestChunkScanRejectsGrowth(t *testing.T) {
+	be := New(1)
+	up := func(d []float32, shape ...int) kernels.Tensor {
+		tt, err := be.Upload(d, kernels.F32, shape...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tt
+	}
+	x := up(make([]float32, 4), 1, 2, 1, 2)
+	B := up(make([]float32, 4), 1, 2, 1, 2)
+	y := up(make([]float32, 4), 1, 2, 1, 2)
+	if err := be.SSDChunkScan(y, x, up([]float32{0.1, 0.1}, 1, 2, 1), up([]float32{0.5}, 1), B, B, nil, nil, 2); err == nil {
+		t.Error("A > 0: no error")
+	}
+	if err := be.SSDChunkScan(y, x, up([]float32{0.1, -0.1}, 1, 2, 1), up([]float32{-0.5}, 1), B, B, nil, nil, 2); err == nil {
+		t.Error("dt < 0: no error")
+	}
+	if err := be.SSDRecurrence(y, x, up([]float32{0.1, 0.1}, 1, 2, 1), up([]float32{0.5}, 1), B, B, nil, nil); err != nil {
+		t.Errorf("recurrence with A > 0: %v", err)
+	}
+}

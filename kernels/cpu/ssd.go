@@ -270,7 +270,9 @@ func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) err
 //	y_l = Σ_{s≤l} (C_l·B_s)·exp(cs_l−cs_s)·dt_s·x_s + exp(cs_l)·H·C_l + D·x_l
 //	H  ← exp(cs_last)·H + Σ_s exp(cs_last−cs_s)·dt_s·x_s⊗B_s
 //
-// Every exponent is a difference clamped to ≤ 0 and never split; the
+// Every exponent is a difference clamped to ≤ 0 and never split, so A ≤ 0
+// and dt ≥ 0 are required (an error otherwise; the recurrence has no such
+// restriction); the
 // masked upper triangle is skipped, not multiplied by exp(−∞). The four
 // products per chunk are float32 matrix products (gemm).
 //
@@ -286,6 +288,18 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 	}
 	if chunk <= 0 {
 		return fmt.Errorf("ssdchunkscan: chunk length %d, want > 0", chunk)
+	}
+	// The chunked form clamps every exponent to ≤ 0: it equals the
+	// recurrence only when every decay exp(dt·A) is ≤ 1.
+	for h, a := range s.A.f32 {
+		if a > 0 {
+			return fmt.Errorf("ssdchunkscan: A[%d] = %g > 0; the chunked scan needs A ≤ 0 (decays ≤ 1), use SSDRecurrence", h, a)
+		}
+	}
+	for i, d := range s.dt.f32 {
+		if d < 0 {
+			return fmt.Errorf("ssdchunkscan: dt element %d = %g < 0; the chunked scan needs dt ≥ 0 (decays ≤ 1), use SSDRecurrence", i, d)
+		}
 	}
 	P, N, H, G, L := s.p, s.n, s.h, s.g, s.l
 	Q := min(chunk, L)
