@@ -1,0 +1,175 @@
+package model
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/matsurgery/matsurgery/kernels"
+)
+
+// arena allocates a group of activation tensors and frees them together.
+// Its first error sticks: later allocations return nil and err says what
+// failed, so a plan is built in straight-line code and checked once.
+type arena struct {
+	be    kernels.Backend
+	owned []kernels.Tensor
+	err   error
+}
+
+// alloc returns a new F32 tensor (contents undefined).
+func (a *arena) alloc(shape ...int) kernels.Tensor {
+	if a.err != nil {
+		return nil
+	}
+	t, err := a.be.Alloc(kernels.F32, shape...)
+	if err != nil {
+		a.err = fmt.Errorf("allocate activation %v: %w", shape, err)
+		return nil
+	}
+	a.owned = append(a.owned, t)
+	return t
+}
+
+// view returns t reshaped (sharing storage), or t itself when the shape is
+// already shape.
+func (a *arena) view(t kernels.Tensor, shape ...int) kernels.Tensor {
+	if a.err != nil {
+		return nil
+	}
+	if slices.Equal(t.Shape(), shape) {
+		return t
+	}
+	v, err := a.be.Reshape(t, shape...)
+	if err != nil {
+		a.err = fmt.Errorf("view %v as %v: %w", t.Shape(), shape, err)
+		return nil
+	}
+	return v
+}
+
+// free releases every tensor the arena allocated.
+func (a *arena) free() {
+	for _, t := range a.owned {
+		a.be.Free(t)
+	}
+	a.owned = nil
+}
+
+// seqPlan holds the activations of one sequence length n (batch 1): every
+// buffer a decoder layer needs, allocated once and reused by every layer
+// and every call with that length.
+type seqPlan struct {
+	n  int
+	ar arena
+
+	stream   [2]kernels.Tensor // [1,n,d]: the residual stream, ping-pong
+	flat     [2]kernels.Tensor // [1,n·d] views of stream
+	h        kernels.Tensor    // [1,n,d]: normed input of a sub-block
+	mixOut   kernels.Tensor    // [1,n,d]: attention or mixer output
+	mlpOut   kernels.Tensor    // [1,n,d]
+	attn     *attnPlan
+	mix      *mixerPlan
+	up       kernels.Tensor // [1,n,inter] (Phi) or [1,n,2·inter] (gate|up)
+	gate     kernels.Tensor // [1,n,inter] (gated MLP)
+	lin      kernels.Tensor // [1,n,inter] (gated MLP)
+	logits   kernels.Tensor // [1,n,vocab], allocated on first use
+	last     kernels.Tensor // [1,1,d]: last row of the stream
+	lastFlat kernels.Tensor // [1,d] view of last
+	lastNorm kernels.Tensor // [1,1,d]
+	lastLog  kernels.Tensor // [1,1,vocab]
+}
+
+// attnPlan holds an attention block's activations.
+type attnPlan struct {
+	qkv          kernels.Tensor // [1,n,dq+2dkv]
+	qf, kf, vf   kernels.Tensor // [1,n,dq], [1,n,dkv]
+	q, k, v      kernels.Tensor // views [1,n,H,P], [1,n,Hkv,P]
+	out, outFlat kernels.Tensor // [1,n,H,P] and its [1,n,dq] view
+	qOne, outOne kernels.Tensor // [1,H·P] views, for the decode fallback
+}
+
+// plan returns the activations for length n, allocating them on first use.
+// Plans of other lengths are freed, except the single-token plan of decode
+// steps.
+func (m *Model) plan(n int) (*seqPlan, error) {
+	if p, ok := m.plans[n]; ok {
+		return p, nil
+	}
+	for k, p := range m.plans {
+		if k != 1 {
+			p.ar.free()
+			delete(m.plans, k)
+		}
+	}
+	s := m.sizes
+	p := &seqPlan{n: n, ar: arena{be: m.be}}
+	a := &p.ar
+	for i := range p.stream {
+		p.stream[i] = a.alloc(1, n, s.d)
+		p.flat[i] = a.view(p.stream[i], 1, n*s.d)
+	}
+	p.h, p.mixOut, p.mlpOut = a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d)
+	if s.gated {
+		p.up = a.alloc(1, n, 2*s.inter)
+		p.gate, p.lin = a.alloc(1, n, s.inter), a.alloc(1, n, s.inter)
+	} else {
+		p.up = a.alloc(1, n, s.inter)
+	}
+	p.last, p.lastNorm = a.alloc(1, 1, s.d), a.alloc(1, 1, s.d)
+	p.lastFlat = a.view(p.last, 1, s.d)
+	var mixCfg *mixer
+	hasAttn := false
+	for _, l := range m.layers {
+		if l.mixer != nil {
+			mixCfg = l.mixer
+		} else {
+			hasAttn = true
+		}
+	}
+	if hasAttn {
+		dq, dkv := s.heads*s.headDim, s.kvHeads*s.headDim
+		ap := &attnPlan{qkv: a.alloc(1, n, dq+2*dkv), qf: a.alloc(1, n, dq), kf: a.alloc(1, n, dkv), vf: a.alloc(1, n, dkv)}
+		ap.q = a.view(ap.qf, 1, n, s.heads, s.headDim)
+		ap.k = a.view(ap.kf, 1, n, s.kvHeads, s.headDim)
+		ap.v = a.view(ap.vf, 1, n, s.kvHeads, s.headDim)
+		ap.out = a.alloc(1, n, s.heads, s.headDim)
+		ap.outFlat = a.view(ap.out, 1, n, dq)
+		if n == 1 {
+			ap.qOne, ap.outOne = a.view(ap.qf, 1, dq), a.view(ap.out, 1, dq)
+		}
+		p.attn = ap
+	}
+	if mixCfg != nil {
+		p.mix = newMixerPlan(a, mixCfg.cfg, n)
+	}
+	if a.err != nil {
+		a.free()
+		return nil, fmt.Errorf("activations for %d tokens: %w", n, a.err)
+	}
+	m.plans[n] = p
+	return p, nil
+}
+
+// logitsBuffer returns the plan's [1,n,vocab] logits, allocating it once.
+func (m *Model) logitsBuffer(p *seqPlan) (kernels.Tensor, error) {
+	if p.logits == nil {
+		p.logits = p.ar.alloc(1, p.n, m.sizes.vocab)
+		if p.ar.err != nil {
+			err := p.ar.err
+			p.ar.err = nil
+			return nil, fmt.Errorf("logits for %d tokens: %w", p.n, err)
+		}
+	}
+	return p.logits, nil
+}
+
+func (m *Model) freePlans() {
+	for k, p := range m.plans {
+		p.ar.free()
+		delete(m.plans, k)
+	}
+	if m.vplan != nil {
+		m.vplan.ar.free()
+		m.vplan = nil
+	}
+}
