@@ -32,6 +32,8 @@ type CLI struct {
 
 	Convert ConvertCmd `cmd:"" help:"Convert a TinyLLaVA teacher into a hybrid Mamba-2/Transformer checkpoint."`
 
+	Inspect            InspectCmd                   `cmd:"" help:"Show what a checkpoint holds: family, sizes, parameters, dtypes, layer kinds, problems."`
+	Synth              SynthCmd                     `cmd:"" help:"Write a random-weight TinyLLaVA checkpoint of real shapes (for tests, demos, benchmarks)."`
 	Verify             VerifyCmd                    `cmd:"" help:"Prove a hybrid: linear-attention identity, chunked vs sequential scan, distance to softmax attention, integrity."`
 	Version            VersionCmd                   `cmd:"" help:"Print the version."`
 	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions (bash, zsh, fish)."`
