@@ -123,6 +123,36 @@ func gemmBlocked(transA, transB bool, m, n, k int, a []float32, lda int, b []flo
 	}
 }
 
+// roundUp rounds n up to a multiple of m.
+func roundUp(n, m int) int { return (n + m - 1) / m * m }
+
+// tileProduct computes the mr×nr corner of one tile, C (+)= A-strip ·
+// B-strip over kc, with the micro-kernel; edge tiles go through tile.
+func tileProduct(kc int, as, bs, c []float32, ldc, mr, nr int, accumulate bool, tile []float32) {
+	if mr == gemmMR && nr == gemmNR {
+		microKernel(kc, as, bs, c, ldc, accumulate)
+		return
+	}
+	microKernel(kc, as, bs, tile, gemmNR, false)
+	beta := float32(0)
+	if accumulate {
+		beta = 1
+	}
+	storeTile(tile, c, ldc, mr, nr, beta)
+}
+
+// packedProduct computes C[m×n] (+)= A·B from A packed by packA (m rows,
+// k values each) and B packed by packB (k values, n columns), without
+// blocking k: for the small products of the chunked scan.
+func packedProduct(m, n, k int, ap, bp, c []float32, ldc int, accumulate bool, tile []float32) {
+	for jr := 0; jr < n; jr += gemmNR {
+		nr := min(gemmNR, n-jr)
+		for ir := 0; ir < m; ir += gemmMR {
+			tileProduct(k, ap[ir*k:], bp[jr*k:], c[ir*ldc+jr:], ldc, min(gemmMR, m-ir), nr, accumulate, tile)
+		}
+	}
+}
+
 // gemmWorkspace holds the packed panels of one gemmBlocked call.
 type gemmWorkspace struct {
 	b    [gemmKC * gemmNC]float32
@@ -156,6 +186,12 @@ func packB(transB bool, b []float32, ldb, p0, j0, kc, nc int, dst []float32) {
 		strip := dst[jr*kc : jr*kc+gemmNR*kc]
 		nr := min(gemmNR, nc-jr)
 		if !transB {
+			if nr == gemmNR { // whole rows: fixed-size array copies, no memmove calls
+				for p := range kc {
+					*(*[gemmNR]float32)(strip[p*gemmNR:]) = *(*[gemmNR]float32)(b[(p0+p)*ldb+j0+jr:])
+				}
+				continue
+			}
 			for p := range kc {
 				row := b[(p0+p)*ldb+j0+jr:][:nr]
 				d := strip[p*gemmNR : (p+1)*gemmNR]
@@ -196,6 +232,12 @@ func packA(transA bool, a []float32, lda, i0, p0, mc, kc int, dst []float32) {
 		strip := dst[ir*kc : ir*kc+gemmMR*kc]
 		mr := min(gemmMR, mc-ir)
 		if transA {
+			if mr == gemmMR {
+				for p := range kc {
+					*(*[gemmMR]float32)(strip[p*gemmMR:]) = *(*[gemmMR]float32)(a[(p0+p)*lda+i0+ir:])
+				}
+				continue
+			}
 			for p := range kc {
 				row := a[(p0+p)*lda+i0+ir:][:mr]
 				d := strip[p*gemmMR : (p+1)*gemmMR]

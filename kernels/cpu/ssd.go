@@ -264,23 +264,29 @@ func (be *Backend) SSDRecurrence(y, x, dt, A, B, C, D, state kernels.Tensor) err
 
 // SSDChunkScan computes SSDRecurrence's function by the chunked algorithm
 // (SPEC §3), in parallel over batch × heads, each head walking its chunks in
-// order. Within a chunk of q ≤ chunk tokens, with cs the float64 cumulative
-// sum of dt·A from the chunk start:
+// order. Within a chunk of q ≤ chunk tokens, with cs the cumulative sum of
+// a = dt·A from the chunk start:
 //
 //	y_l = Σ_{s≤l} (C_l·B_s)·exp(cs_l−cs_s)·dt_s·x_s + exp(cs_l)·H·C_l + D·x_l
 //	H  ← exp(cs_last)·H + Σ_s exp(cs_last−cs_s)·dt_s·x_s⊗B_s
 //
-// Every exponent is a difference clamped to ≤ 0 and never split, so A ≤ 0
-// and dt ≥ 0 are required (an error otherwise; the recurrence has no such
-// restriction); the
-// masked upper triangle is skipped, not multiplied by exp(−∞). The four
-// products per chunk are float32 matrix products (gemm).
+// Every decay is ≤ 1, so A ≤ 0 and dt ≥ 0 are required (an error
+// otherwise; the recurrence has no such restriction). The segment decays
+// exp(cs_l − cs_s) are formed in float64 as running products of the
+// per-token decays exp(a_j) ≤ 1 (Π_{s<j≤l}), which is the same number
+// without subtracting cumulative sums and with q exponentials per chunk
+// instead of q²/2: nothing is ever split into exp(a)·exp(−b), nothing
+// overflows, and tokens past l are skipped rather than masked with
+// exp(−∞). The four products per chunk run on the gemm micro-kernel, with
+// the operands packed once per chunk and the tiles above the diagonal
+// skipped.
 //
 // On a CPU this form does more arithmetic than the recurrence: per token
 // and head ≈ 4·chunk·N + 4·P·N flops against 4·P·N (46k against 26k at
-// Phi-2 sizes, chunk 64), so with both vectorised the recurrence is as fast
-// or faster; the chunked form is here to mirror the GPU algorithm and to
-// check it (BenchmarkSSDChunkScan, BenchmarkSSDRecurrence).
+// Phi-2 sizes, chunk 64); being matrix products it runs at about the
+// recurrence's speed (BenchmarkSSDChunkScan, BenchmarkSSDRecurrence). It
+// is here to mirror the GPU algorithm and to check it against the
+// recurrence.
 func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chunk int) error {
 	s, err := be.ssdOperands("ssdchunkscan", y, x, dt, A, B, C, D, state)
 	if err != nil {
@@ -304,27 +310,41 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 	P, N, H, G, L := s.p, s.n, s.h, s.g, s.l
 	Q := min(chunk, L)
 	rep := H / G
+	// Per-worker buffers. Operands of the four products are packed once per
+	// chunk into the micro-kernel's strip layouts (packA, packB); M and
+	// Xwᵀ are written straight into theirs.
 	type buffers struct {
-		cs  []float64
-		dt  []float32 // dt of the chunk's tokens
-		m   []float32 // [Q×Q] masked, decayed C·Bᵀ
-		xw  []float32 // [Q×P] x_s·dt_s·exp(cs_last−cs_s)
-		off []float32 // [Q×P] C·Hᵀ
-		hs  []float32 // [P×N] state
+		decay []float64 // exp(dt·A) of the chunk's tokens
+		dt    []float32 // dt of the chunk's tokens
+		cA    []float32 // C packed as A: [Q×N]
+		bT    []float32 // Bᵀ packed as B: k = N, Q columns
+		g     []float32 // C·Bᵀ, [Q×Q] row-major, lower triangle used
+		mA    []float32 // M = (C·Bᵀ)∘decay∘dt packed as A: [Q×Q]
+		xB    []float32 // x packed as B: k = Q, P columns
+		hB    []float32 // Hᵀ packed as B: k = N, P columns
+		off   []float32 // C·Hᵀ, [Q×P]
+		xwA   []float32 // Xwᵀ packed as A: [P×Q]
+		bB    []float32 // B packed as B: k = Q, N columns
+		hs    []float32 // [P×N] state
+		tile  []float32
 	}
+	qm, qn := roundUp(Q, gemmMR), roundUp(Q, gemmNR)
+	pm, pn, nn := roundUp(P, gemmMR), roundUp(P, gemmNR), roundUp(N, gemmNR)
 	scratch := make([]*buffers, be.workerCount(s.nb*H))
 	be.parallelTasks(s.nb*H, func(w, task int) {
 		b, h := task/H, task%H
 		g := h / rep
 		if scratch[w] == nil {
 			scratch[w] = &buffers{
-				cs: make([]float64, Q), dt: make([]float32, Q),
-				m: make([]float32, Q*Q), xw: make([]float32, Q*P),
-				off: make([]float32, Q*P), hs: make([]float32, P*N),
+				decay: make([]float64, Q), dt: make([]float32, Q),
+				cA: make([]float32, qm*N), bT: make([]float32, N*qn), g: make([]float32, Q*Q),
+				mA: make([]float32, qm*Q), xB: make([]float32, Q*pn), hB: make([]float32, N*pn),
+				off: make([]float32, Q*P), xwA: make([]float32, pm*Q), bB: make([]float32, Q*nn),
+				hs: make([]float32, P*N), tile: make([]float32, gemmMR*gemmNR),
 			}
 		}
 		buf := scratch[w]
-		hs := buf.hs
+		hs, tile := buf.hs, buf.tile
 		nonzero := s.state != nil // whether hs may hold a non-zero state
 		if nonzero {
 			copy(hs, s.state.f32[task*P*N:(task+1)*P*N])
@@ -347,36 +367,65 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 			for i := range dtc {
 				dtc[i] = s.dt.f32[(b*L+t0+i)*H+h]
 			}
-			cs := buf.cs[:q]
-			var run float64
+			// decay[j] = exp(dt_j·A) ≤ 1 (float64): every segment decay below
+			// is a running product of these, exp(cs_l − cs_s) = Π_{s<j≤l} decay[j].
+			decay := buf.decay[:q]
 			for i, d := range dtc {
-				run += float64(d) * a
-				cs[i] = run
+				decay[i] = math.Exp(min(float64(d)*a, 0))
 			}
 
-			// Diagonal block: M = (C·Bᵀ) ∘ decay ∘ dt on s ≤ l; y = M·x.
-			m := buf.m[:q*q]
-			gemm(false, true, q, q, N, cc, ldb, bc, ldb, 0, m, q)
-			for l := range q {
-				row := m[l*q : (l+1)*q]
-				csl := cs[l]
-				for si, c := range cs[:l+1] {
-					row[si] *= float32(math.Exp(min(csl-c, 0))) * dtc[si]
+			// G = C·Bᵀ on the tiles that touch the lower triangle.
+			packA(false, cc, ldb, 0, 0, q, N, buf.cA)
+			packB(true, bc, ldb, 0, 0, N, q, buf.bT)
+			gm := buf.g[:q*q]
+			for ir := 0; ir < q; ir += gemmMR {
+				mr := min(gemmMR, q-ir)
+				for jr := 0; jr < min(q, ir+mr); jr += gemmNR {
+					tileProduct(N, buf.cA[ir*N:], buf.bT[jr*N:], gm[ir*q+jr:], q, mr, min(gemmNR, q-jr), false, tile)
 				}
-				clear(row[l+1:])
 			}
-			gemm(false, false, q, P, q, m, q, xc, ldx, 0, yc, ldx)
+
+			// M = G ∘ exp(cs_l − cs_s) ∘ dt_s on s ≤ l, zero above, packed
+			// as A (strips of gemmMR rows, k-major): y = M·x, where strip r
+			// only needs k < its last row + 1.
+			mA := buf.mA[:roundUp(q, gemmMR)*q]
+			if q%gemmMR != 0 {
+				clear(mA[(q/gemmMR)*gemmMR*q:])
+			}
+			for l := range q {
+				base, i := (l/gemmMR)*gemmMR*q, l%gemmMR
+				row := gm[l*q : l*q+l+1]
+				seg := 1.0 // exp(cs_l − cs_s), walking s down from l
+				for si := l; si >= 0; si-- {
+					mA[base+si*gemmMR+i] = row[si] * float32(seg) * dtc[si]
+					seg *= decay[si]
+				}
+				for si := l + 1; si < min(q, (l/gemmMR+1)*gemmMR); si++ {
+					mA[base+si*gemmMR+i] = 0
+				}
+			}
+			packB(false, xc, ldx, 0, 0, q, P, buf.xB)
+			for ir := 0; ir < q; ir += gemmMR {
+				mr := min(gemmMR, q-ir)
+				kr := min(q, ir+gemmMR)
+				for jr := 0; jr < P; jr += gemmNR {
+					tileProduct(kr, buf.mA[ir*q:], buf.xB[jr*q:], yc[ir*ldx+jr:], ldx, mr, min(gemmNR, P-jr), false, tile)
+				}
+			}
 
 			// Off-diagonal: the state entering the chunk, and the skip term.
 			off := buf.off[:q*P]
 			if nonzero {
-				gemm(false, true, q, P, N, cc, ldb, hs, N, 0, off, P)
+				packB(true, hs, N, 0, 0, N, P, buf.hB)
+				packedProduct(q, P, N, buf.cA, buf.hB, off, P, false, tile)
 			}
+			in := 1.0 // exp(cs_l): decay from the chunk's entry to token l
 			for l := range q {
 				yr := yc[l*ldx : l*ldx+P]
 				xr := xc[l*ldx : l*ldx+P]
+				in *= decay[l]
 				if nonzero {
-					e := float32(math.Exp(min(cs[l], 0)))
+					e := float32(in)
 					or := off[l*P : (l+1)*P]
 					for p := range yr {
 						yr[p] += e*or[p] + dh*xr[p]
@@ -388,26 +437,28 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 				}
 			}
 
-			// State leaving the chunk: H ← exp(cs_last)·H + Xwᵀ·B.
-			last := cs[q-1]
-			xw := buf.xw[:q*P]
-			for si := range q {
-				f := float32(math.Exp(min(last-cs[si], 0))) * dtc[si]
-				xr := xc[si*ldx : si*ldx+P]
-				dst := xw[si*P : (si+1)*P]
-				for p, v := range xr {
-					dst[p] = f * v
-				}
+			// State leaving the chunk: H ← exp(cs_last)·H + Xwᵀ·B with
+			// Xw_s = x_s·dt_s·exp(cs_last − cs_s), Xwᵀ packed as A.
+			xwA := buf.xwA[:pm*q]
+			if P%gemmMR != 0 {
+				clear(xwA[(P/gemmMR)*gemmMR*q:])
 			}
-			beta := float32(0)
+			out := 1.0 // exp(cs_last − cs_s), walking s down from the last token
+			for si := q - 1; si >= 0; si-- {
+				f := float32(out) * dtc[si]
+				for p, v := range xc[si*ldx : si*ldx+P] {
+					xwA[(p/gemmMR)*gemmMR*q+si*gemmMR+p%gemmMR] = f * v
+				}
+				out *= decay[si]
+			}
 			if nonzero {
-				e := float32(math.Exp(min(last, 0)))
+				e := float32(in) // exp(cs_last)
 				for i := range hs {
 					hs[i] *= e
 				}
-				beta = 1
 			}
-			gemm(true, false, P, N, q, xw, P, bc, ldb, beta, hs, N)
+			packB(false, bc, ldb, 0, 0, q, N, buf.bB)
+			packedProduct(P, N, q, xwA, buf.bB, hs, N, nonzero, tile)
 			nonzero = true
 		}
 		if s.state != nil {
