@@ -48,8 +48,10 @@ func (v *visionTower) pixelCount() int {
 
 func loadVision(ld *loader, cfg *formats.ModelConfig) (*visionTower, error) {
 	vc := cfg.Vision
-	if vc.ImageSize%vc.PatchSize != 0 {
-		return nil, fmt.Errorf("vision_config: image_size %d is not a multiple of patch_size %d", vc.ImageSize, vc.PatchSize)
+	// A stride-patch conv without padding: 384 px in patches of 14 is a
+	// 27×27 grid, the last 384 − 27·14 = 6 rows and columns unused.
+	if vc.ImageSize < vc.PatchSize {
+		return nil, fmt.Errorf("vision_config: image_size %d is smaller than patch_size %d", vc.ImageSize, vc.PatchSize)
 	}
 	if vc.NumHeads <= 0 || vc.HiddenSize%vc.NumHeads != 0 {
 		return nil, fmt.Errorf("vision_config: hidden_size %d is not a multiple of %d heads", vc.HiddenSize, vc.NumHeads)
@@ -284,7 +286,8 @@ func (v *visionTower) encoderLayer(be kernels.Backend, l *visionLayer, p *vision
 }
 
 // im2col lays the non-overlapping patch×patch blocks of an image
-// [channels, size, size] out as rows (row-major over the patch grid), each
+// [channels, size, size] out as rows (row-major over the ⌊size/patch⌋²
+// grid; pixels past the last whole patch are unused, as by the conv), each
 // row ordered like the conv weight [out, channels, patch, patch].
 func im2col(pixels []float32, channels, size, patch int) []float32 {
 	grid := size / patch
