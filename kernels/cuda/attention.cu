@@ -11,8 +11,12 @@
 #define QPB (4 * QPW)
 #define KT 32
 
+// Queries: Lq rows of q and out per sequence, at positions qpos0 + t.
+// Keys and values: the first Lk of kvRows rows of k and v per sequence.
+// Causal: the query at position qpos0 + t sees keys s ≤ qpos0 + t.
 extern "C" __global__ void __launch_bounds__(128) k_softmax_attention(float* out, const void* q, int qbf, const void* k, int kbf, const void* v,
-                                                                       int vbf, int L, int H, int Hkv, int AP, float scale, int causal) {
+                                                                       int vbf, int Lq, int kvRows, int Lk, int qpos0, int H, int Hkv, int AP,
+                                                                       float scale, int causal) {
     __shared__ float Qs[QPB][ATT_MAXP];
     __shared__ float Ks[KT][ATT_MAXP + 1];
     __shared__ float Vs[KT][ATT_MAXP];
@@ -21,11 +25,11 @@ extern "C" __global__ void __launch_bounds__(128) k_softmax_attention(float* out
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / (H / Hkv);
     int q0 = blockIdx.x * QPB;
-    i64 row0 = (i64)b * L;
+    i64 row0 = (i64)b * Lq, krow0 = (i64)b * kvRows;
 
     for (int e = tid; e < QPB * AP; e += 128) {
         int qi = e / AP, d = e % AP, t = q0 + qi;
-        Qs[qi][d] = t < L ? ld_elem(q, qbf, ((row0 + t) * H + h) * AP + d) : 0.f;
+        Qs[qi][d] = t < Lq ? ld_elem(q, qbf, ((row0 + t) * H + h) * AP + d) : 0.f;
     }
     float m[QPW], lsum[QPW], acc[QPW][DPL];
 #pragma unroll
@@ -35,21 +39,21 @@ extern "C" __global__ void __launch_bounds__(128) k_softmax_attention(float* out
 #pragma unroll
         for (int d = 0; d < DPL; d++) acc[i][d] = 0.f;
     }
-    int kend = L;
-    if (causal) kend = min(L, q0 + QPB);
+    int kend = Lk;
+    if (causal) kend = min(Lk, qpos0 + q0 + QPB);
     for (int k0 = 0; k0 < kend; k0 += KT) {
         __syncthreads(); // the previous tile is no longer read
         for (int e = tid; e < KT * AP; e += 128) {
             int j = e / AP, d = e % AP, t = k0 + j;
-            i64 src = ((row0 + t) * Hkv + hk) * AP + d;
-            Ks[j][d] = t < L ? ld_elem(k, kbf, src) : 0.f;
-            Vs[j][d] = t < L ? ld_elem(v, vbf, src) : 0.f;
+            i64 src = ((krow0 + t) * Hkv + hk) * AP + d;
+            Ks[j][d] = t < Lk ? ld_elem(k, kbf, src) : 0.f;
+            Vs[j][d] = t < Lk ? ld_elem(v, vbf, src) : 0.f;
         }
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < QPW; i++) {
             int qi = warp * QPW + i, t = q0 + qi, key = k0 + lane;
-            bool ok = t < L && key < L && (!causal || key <= t);
+            bool ok = t < Lq && key < Lk && (!causal || key <= qpos0 + t);
             float s = NEG_INF;
             if (ok) {
                 float dot = 0.f;
@@ -78,7 +82,7 @@ extern "C" __global__ void __launch_bounds__(128) k_softmax_attention(float* out
 #pragma unroll
     for (int i = 0; i < QPW; i++) {
         int t = q0 + warp * QPW + i;
-        if (t >= L) continue;
+        if (t >= Lq) continue;
 #pragma unroll
         for (int d = 0; d < DPL; d++) {
             int dd = lane + 32 * d;

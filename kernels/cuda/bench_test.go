@@ -246,6 +246,39 @@ func BenchmarkSSDChunkScan(b *testing.B) {
 	}
 }
 
+// BenchmarkSSDChunkScanVariants: the tensor-core scan compiled with other
+// register budgets (SSD_MINB blocks per multiprocessor).
+func BenchmarkSSDChunkScanVariants(b *testing.B) {
+	be := benchBackend(b)
+	rng := rand.New(rand.NewPCG(19, 20))
+	x := randomTensor(b, be, rng, kernels.BF16, -1, 1, benchB, benchL, benchH, benchP)
+	dt := randomTensor(b, be, rng, kernels.F32, 0.001, 0.1, benchB, benchL, benchH)
+	A := randomTensor(b, be, rng, kernels.F32, -16, -1, benchH)
+	B := randomTensor(b, be, rng, kernels.BF16, -1, 1, benchB, benchL, benchH, benchN)
+	C := randomTensor(b, be, rng, kernels.BF16, -1, 1, benchB, benchL, benchH, benchN)
+	y, err := be.Alloc(kernels.F32, benchB, benchL, benchH, benchP)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Free(y)
+	s := &scan{y: y.(*Tensor), x: x.(*Tensor), dt: dt.(*Tensor), A: A.(*Tensor), B: B.(*Tensor), C: C.(*Tensor),
+		nb: benchB, l: benchL, h: benchH, p: benchP, n: benchN, hx: benchH, hb: benchH, hc: benchH}
+	for _, v := range []struct{ chunk, minb int }{{64, 1}, {32, 3}} {
+		b.Run(fmt.Sprintf("chunk=%d/minblocks=%d", v.chunk, v.minb), func(b *testing.B) {
+			def := fmt.Sprintf("SSD_MINB=%d", v.minb)
+			pb := be.tcSplit(benchB, benchH, benchP, benchN, v.chunk)
+			bytes := ssdBytes(2)
+			ms := measure(b, be, bytes, func() error {
+				return be.do("scan variant", func() error { return be.scanTC("scan variant", s, v.chunk, pb, def) })
+			})
+			if copyGBps > 0 {
+				b.ReportMetric(bytes/(ms*1e-3)/1e9/copyGBps, "of-copy-bw")
+			}
+			be.logResources(b, "ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", v.chunk), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", benchN), def)
+		})
+	}
+}
+
 // BenchmarkSSDRecurrence: the sequential scan (one warp per row, double
 // state) at the same size.
 func BenchmarkSSDRecurrence(b *testing.B) {

@@ -296,3 +296,16 @@ func TestLinearAttentionBF16(t *testing.T) {
 		}
 	}
 }
+
+func TestExtensions(t *testing.T) {
+	if ok, why := Available(); !ok {
+		t.Skipf("no CUDA device: %s; %s", why, howToRun)
+	}
+	conformance.RunExtensions(t, func() kernels.Backend {
+		be, err := New(0)
+		if err != nil {
+			t.Fatalf("New(0): %v", err)
+		}
+		return be
+	}, tolerances())
+}

@@ -58,6 +58,14 @@ extern "C" __global__ void k_repeat_heads(void* out, int obf, const void* src, i
     }
 }
 
+// k_gather_rows: out[r, j] = table[ids[r], j].
+extern "C" __global__ void k_gather_rows(float* out, const void* table, int tbf, const int* ids, i64 total, int cols) {
+    GRID_STRIDE(i, total) {
+        i64 r = i / cols;
+        out[i] = ld_elem(table, tbf, (i64)ids[r] * cols + (i - r * cols));
+    }
+}
+
 // k_dt_softplus: out[r, h] = softplus(dt[r, h] + bias[h]) with PyTorch's
 // threshold (softplus(v) = v above 20).
 extern "C" __global__ void k_dt_softplus(void* out, int obf, const void* dt, int dbf, const void* bias, int bbf, i64 total, int heads) {

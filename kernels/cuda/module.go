@@ -102,9 +102,13 @@ func (be *Backend) kernel(mod, fn string, defines ...string) (uintptr, error) {
 // dims is a launch shape.
 type dims struct{ x, y, z int }
 
+// devPtr is a raw device address (an offset into a tensor, a temporary).
+type devPtr uint64
+
 // launch enqueues kernel f. Each argument becomes one kernel parameter:
-// *Tensor (nil allowed) its device pointer, int an int32, int64 a long
-// long, float32 a float, float64 a double, bool an int32 0/1.
+// *Tensor (nil allowed) its device pointer, devPtr the address, int an
+// int32, int64 a long long, float32 a float, float64 a double, bool an
+// int32 0/1.
 func (be *Backend) launch(what string, f uintptr, grid, block dims, smem int, args ...any) error {
 	slots := make([]uint64, len(args))
 	params := make([]uintptr, len(args)+1)
@@ -114,6 +118,8 @@ func (be *Backend) launch(what string, f uintptr, grid, block dims, smem int, ar
 			if v != nil {
 				slots[i] = v.ptr
 			}
+		case devPtr:
+			slots[i] = uint64(v)
 		case int:
 			if v < math.MinInt32 || v > math.MaxInt32 {
 				return fmt.Errorf("%s: argument %d = %d does not fit a 32-bit int", what, i, v)

@@ -39,25 +39,22 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Split v into hi + lo, two bf16 values whose sum carries about 16
-// significant bits of v; hi·b + lo·b on the tensor cores then matches a
-// float32 product to about 2^-17 relative.
-__device__ __forceinline__ void split_bf16(float v, bf16_t& hi, bf16_t& lo) {
-    hi = f32_to_bf16(v);
-    lo = f32_to_bf16(v - bf16_to_f32(hi));
-}
-__device__ __forceinline__ unsigned pack_bf16(bf16_t lo_elem, bf16_t hi_elem) {
-    return (unsigned)lo_elem | ((unsigned)hi_elem << 16);
-}
-
 #ifndef MATSURGERY_EMU
 extern __shared__ __align__(16) unsigned char dyn_smem[];
 
-// Shared-memory address of a generic pointer, for ldmatrix and cp.async.
+// Shared-memory address of a generic pointer into shared memory.
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     unsigned a;
     asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
     return a;
+}
+
+// Two floats to packed bf16 (round to nearest even): lo_elem in the low
+// half, hi_elem in the high half.
+__device__ __forceinline__ unsigned cvt_bf16x2(float lo_elem, float hi_elem) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi_elem), "f"(lo_elem));
+    return r;
 }
 
 // D += A·B for one m16n8k16 tile, bf16 operands, float32 accumulators
@@ -70,31 +67,40 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, cons
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// ldmatrix: each lane passes the address of one 16-byte row.
-__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* row) {
+// ldmatrix: each lane passes the shared address of one 16-byte row.
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const void* row) {
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+__device__ __forceinline__ void ldsm_x2(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
-__device__ __forceinline__ void ldsm_x2_trans(unsigned* r, const void* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+__device__ __forceinline__ void ldsm_x2_trans(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
-// 16-byte asynchronous copy global -> shared; bytes < 16 zero-fills the rest
-// (bytes == 0 writes 16 zero bytes and reads nothing).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(bytes));
+// 16-byte asynchronous copy global -> shared (shared address dst); bytes <
+// 16 zero-fills the rest (bytes == 0 writes 16 zero bytes, reads nothing).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most one (wait1) or no (wait0) committed group is pending.
 __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
 __device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::); }
 #endif
+
+// The two bf16 halves of a packed register, as floats.
+__device__ __forceinline__ float bf16_lo(unsigned r) { return __uint_as_float(r << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned r) { return __uint_as_float(r & 0xffff0000u); }
+
+// hi + lo ≈ (v0, v1) packed: each float carried as two bf16 (about 16
+// significant bits together).
+__device__ __forceinline__ void split_bf16x2(float v0, float v1, unsigned& hi, unsigned& lo) {
+    hi = cvt_bf16x2(v0, v1);
+    lo = cvt_bf16x2(v0 - bf16_lo(hi), v1 - bf16_hi(hi));
+}

@@ -43,7 +43,7 @@ extern "C" __global__ void __launch_bounds__(256) k_ssd_cc(float* y, const void*
         if (tid < 32) {
             float dv[SSD_SEG];
             chunk_load_dt(dv, dt, dtbf, row0 * H + h, H, t0, Q, L);
-            chunk_scan_warp(dv, a, Q, cs, ecs, wd, dts);
+            chunk_scan_warp(dv, a * LOG2E, Q, cs, ecs, wd, dts);
         }
         __syncthreads();
 
@@ -54,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(256) k_ssd_cc(float* y, const void*
             if (s <= l) {
                 float g = 0.f;
                 for (int n = 0; n < N; n++) g += Cs[l * N1 + n] * Bs[s * N1 + n];
-                w = g * expf(fminf(cs[l] - cs[s], 0.f)) * dts[s];
+                w = g * exp2f(fminf(cs[l] - cs[s], 0.f)) * dts[s];
             }
             W[l * Q1 + s] = w;
         }

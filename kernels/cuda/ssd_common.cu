@@ -8,6 +8,7 @@
 // Every exponent is ≤ 0 (differences are clamped with fminf(·, 0)).
 
 #define SSD_SEG 4 // tokens per lane in the chunk scans: chunks of at most 128
+#define LOG2E 1.4426950408889634f
 
 // Loads dt of the chunk starting at token t0 into dv: dv[k] is token
 // lane·SSD_SEG + k of the chunk (0 past the chunk or the sequence). Token t
@@ -21,16 +22,17 @@ __device__ __forceinline__ void chunk_load_dt(float* dv, const void* dt, int dtb
     }
 }
 
-// Per-chunk scalars, computed by one warp into shared memory: cs, exp(cs),
-// the state weights wd_s = dt_s·exp(cs_last − cs_s), and dt itself, for
-// the q tokens of the chunk.
-__device__ __forceinline__ void chunk_scan_warp(const float* dv, float a, int q, float* cs, float* ecs, float* wd, float* dts) {
+// Per-chunk scalars, computed by one warp into shared memory, for the q
+// tokens of the chunk: cs in base-2 units (a2 = A·log2(e), so exp(x) is
+// exp2f of the scaled value), exp(cs), the state weights
+// wd_s = dt_s·exp(cs_last − cs_s), and dt itself.
+__device__ __forceinline__ void chunk_scan_warp(const float* dv, float a2, int q, float* cs, float* ecs, float* wd, float* dts) {
     int lane = threadIdx.x & 31;
     float loc[SSD_SEG];
     float run = 0.f;
 #pragma unroll
     for (int k = 0; k < SSD_SEG; k++) {
-        run += dv[k] * a;
+        run += dv[k] * a2;
         loc[k] = run;
     }
     float inc = run;
@@ -48,8 +50,8 @@ __device__ __forceinline__ void chunk_scan_warp(const float* dv, float a, int q,
         if (t < q) {
             float c = excl + loc[k];
             cs[t] = c;
-            ecs[t] = expf(fminf(c, 0.f));
-            wd[t] = dv[k] * expf(fminf(total - c, 0.f));
+            ecs[t] = exp2f(fminf(c, 0.f));
+            wd[t] = dv[k] * exp2f(fminf(total - c, 0.f));
             dts[t] = dv[k];
         }
     }

@@ -94,7 +94,7 @@ const (
 // SSDChunkScan computes SSDRecurrence's function by the chunked algorithm
 // (SPEC §3) with chunk length chunk (above 128, pieces of 64 tokens: see
 // maxChunkTile). bf16 x, B and C with headdim and d_state multiples of 16
-// and a chunk that is a multiple of 16 run on the tensor cores
+// and a chunk that is a multiple of 32 run on the tensor cores
 // (ssd_tc.cu); everything else on the CUDA cores (ssd_cc.cu). Both keep
 // dt, the cumulative sums and the state in float32, every exponent ≤ 0.
 func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chunk int) error {
@@ -112,7 +112,7 @@ func (be *Backend) chunkScan(what string, s *scan, chunk int) error {
 		q = defaultChunkTile
 	}
 	if s.x.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.C.dtype == kernels.BF16 &&
-		s.p%16 == 0 && s.n%16 == 0 && q%16 == 0 {
+		s.p%16 == 0 && s.n%16 == 0 && q%32 == 0 {
 		if pb := be.pickSplit(s, 16, func(pb int) int { return tcSharedBytes(q, pb, s.n) }); pb > 0 {
 			return be.scanTC(what, s, q, pb)
 		}
@@ -162,7 +162,7 @@ func pad16(w int) int {
 // tcSharedBytes is ssd_tc.cu's dynamic shared memory.
 func tcSharedBytes(q, pb, n int) int {
 	sx, sn, sq := pad16(pb), pad16(n), pad16(q)
-	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq+2*pb*sn) + 4*4*q
+	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq+2*pb*sn) + 4*8*q
 }
 
 func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
@@ -179,8 +179,11 @@ func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
 		s.l, s.h, s.p, s.n, s.hx, s.hb, s.hc, q, pb)
 }
 
-func (be *Backend) scanTC(what string, s *scan, q, pb int) error {
-	f, err := be.kernel("ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n))
+// scanTC launches ssd_tc.cu; extra are further -D definitions (the
+// benchmarks compare variants with them).
+func (be *Backend) scanTC(what string, s *scan, q, pb int, extra ...string) error {
+	defs := append([]string{fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n)}, extra...)
+	f, err := be.kernel("ssd_tc", "k_ssd_tc", defs...)
 	if err != nil {
 		return err
 	}
@@ -232,6 +235,13 @@ func (be *Backend) LinearAttention(out, q, k, v kernels.Tensor) error {
 // live in static shared memory).
 const maxAttentionHead = 128
 
+// attention launches k_softmax_attention: queries s.l rows at positions
+// qpos0.., keys the first lk of kvRows rows.
+func (be *Backend) attention(what string, f uintptr, s *scan, kvRows, lk, qpos0 int, scale float32, causal bool) error {
+	return be.launch(what, f, dims{(s.l + 15) / 16, s.nb * s.h, 1}, dims{128, 1, 1}, 0,
+		s.y, s.C, s.C.bf(), s.B, s.B.bf(), s.x, s.x.bf(), s.l, kvRows, lk, qpos0, s.h, s.hb, s.p, scale, causal)
+}
+
 // SoftmaxAttention writes Σ_s softmax_s(scale·q_t·k_s)·v_s (s ≤ t when
 // causal) by an online softmax in float32 (attention.cu).
 func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, causal bool) error {
@@ -245,7 +255,6 @@ func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, 
 		if err != nil {
 			return err
 		}
-		return be.launch(o.op, f, dims{(s.l + 15) / 16, s.nb * s.h, 1}, dims{128, 1, 1}, 0,
-			s.y, s.C, s.C.bf(), s.B, s.B.bf(), s.x, s.x.bf(), s.l, s.h, s.hb, s.p, scale, causal)
+		return be.attention(o.op, f, s, s.l, s.l, 0, scale, causal)
 	})
 }

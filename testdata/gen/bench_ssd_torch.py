@@ -1,6 +1,6 @@
 """Times the PyTorch chunked SSD scan that transformers' Mamba-2 runs without
-the CUDA kernels of mamba_ssm (Mamba2Mixer.torch_forward, the segment_sum
-code path), at the shapes of kernels/cuda's BenchmarkSSDChunkScan, on the
+the CUDA kernels of mamba_ssm (the segment_sum code path of Mamba2Mixer,
+torch_forward in transformers 4.x), at the shapes of kernels/cuda's BenchmarkSSDChunkScan, on the
 same GPU, with torch.cuda.Event timing (warm-up, median of repeats).
 
 Inputs as the Go benchmark: x, B, C bf16; dt (already softplus'ed), A, D
@@ -33,16 +33,21 @@ B_, L_, H_, P_, N_, G_ = 8, 4096, 32, 80, 80, 32
 
 
 def helpers():
-    """transformers' own helpers when present, else equivalents."""
+    """transformers' own helpers when present, else equivalents; and a note
+    naming the Mamba2Mixer method that runs the segment_sum code path."""
     src = "local"
     try:
         from transformers.models.mamba2 import modeling_mamba2 as m
 
         pad, chunks, segsum = m.pad_tensor_by_size, m.reshape_into_chunks, m.segment_sum
-        src = "transformers.models.mamba2.modeling_mamba2"
-        body = inspect.getsource(m.Mamba2Mixer.torch_forward)
-        if "segment_sum" not in body:
-            src += " (warning: torch_forward does not call segment_sum)"
+        users = []
+        for name, fn in inspect.getmembers(m.Mamba2Mixer, inspect.isfunction):
+            try:
+                if "segment_sum" in inspect.getsource(fn):
+                    users.append(name)
+            except (OSError, TypeError):
+                pass
+        src = f"transformers.models.mamba2.modeling_mamba2 (segment_sum used by Mamba2Mixer.{', '.join(users) or '?'})"
         return pad, chunks, segsum, src
     except Exception as exc:  # fall back, and say so
         src = f"local copies ({type(exc).__name__}: {exc})"
