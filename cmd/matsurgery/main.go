@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"context"
@@ -20,6 +21,8 @@ import (
 type Globals struct {
 	JSON  bool `help:"Print the report as JSON on stdout." name:"json"`
 	Quiet bool `help:"Print nothing but errors (and the JSON report with --json)." short:"q"`
+	// CPUProfile writes a pprof CPU profile of the command (for developers).
+	CPUProfile string `help:"Write a CPU profile to this file." hidden:"" type:"path"`
 
 	stdout io.Writer
 	stderr io.Writer
@@ -83,6 +86,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "matsurgery:", err)
 			code = 2
 			return
+		}
+		if cli.CPUProfile != "" {
+			f, err := os.Create(cli.CPUProfile)
+			if err != nil {
+				fmt.Fprintln(stderr, "matsurgery:", err)
+				code = 1
+				return
+			}
+			defer f.Close()
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
 		}
 		if err := kctx.Run(&cli.Globals); err != nil {
 			var ee exitError
