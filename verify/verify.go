@@ -204,6 +204,8 @@ type layerVerifier struct {
 	mc   *formats.MambaConfig
 	desc *layout.Descriptor
 	mcfg kernels.Mamba2Config
+
+	cache map[string][]float32 // decoded tensors of the layer being checked
 }
 
 // pool frees every tensor it allocated.
@@ -232,30 +234,33 @@ func (p *pool) free() {
 	p.ts = nil
 }
 
-// loadRows reads rows [r0, r0+n) of a 2-D tensor as float32.
-func loadRows(c *formats.Checkpoint, name string, r0, n int) ([]float32, []int, error) {
+// rows returns rows [r0, r0+n) of a 2-D tensor as float32 (n < 0: the
+// whole tensor, any rank), decoding each tensor once per layer.
+func (lv *layerVerifier) rows(c *formats.Checkpoint, name string, r0, n int) ([]float32, []int, error) {
 	info, ok := c.Tensor(name)
 	if !ok {
 		return nil, nil, fmt.Errorf("missing tensor %s", name)
 	}
-	v, err := c.Float32(name)
-	if err != nil {
-		return nil, nil, err
+	key := fmt.Sprintf("%p/%s", c, name)
+	v, ok := lv.cache[key]
+	if !ok {
+		var err error
+		if v, err = c.Float32(name); err != nil {
+			return nil, nil, err
+		}
+		lv.cache[key] = v
+	}
+	if n < 0 {
+		shape := make([]int, len(info.Shape))
+		for i, d := range info.Shape {
+			shape[i] = int(d)
+		}
+		return v, shape, nil
 	}
 	if len(info.Shape) != 2 {
-		if n < 0 {
-			shape := make([]int, len(info.Shape))
-			for i, d := range info.Shape {
-				shape[i] = int(d)
-			}
-			return v, shape, nil
-		}
 		return nil, nil, fmt.Errorf("tensor %s: shape %v is not 2-D", name, info.Shape)
 	}
 	cols := int(info.Shape[1])
-	if n < 0 {
-		return v, []int{int(info.Shape[0]), cols}, nil
-	}
 	if r0+n > int(info.Shape[0]) {
 		return nil, nil, fmt.Errorf("tensor %s: rows [%d, %d) outside %v", name, r0, r0+n, info.Shape)
 	}
@@ -263,7 +268,7 @@ func loadRows(c *formats.Checkpoint, name string, r0, n int) ([]float32, []int, 
 }
 
 func (lv *layerVerifier) upload(p *pool, c *formats.Checkpoint, name string, r0, n int) (kernels.Tensor, error) {
-	v, shape, err := loadRows(c, name, r0, n)
+	v, shape, err := lv.rows(c, name, r0, n)
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +280,8 @@ func (lv *layerVerifier) check(lr *LayerReport, stages map[string]float64) error
 	be := lv.be
 	p := &pool{be: be}
 	defer p.free()
+	lv.cache = map[string][]float32{}
+	defer func() { lv.cache = nil }()
 	B, L, d := lv.o.Batch, lv.o.SeqLen, lv.cfg.Text.HiddenSize
 	H, P, Hkv := lv.mcfg.NHeads, lv.mcfg.HeadDim, lv.mc.DXB/lv.mcfg.HeadDim
 	di, dxb := H*P, lv.mc.DXB

@@ -2,6 +2,8 @@ package verify
 
 import (
 	"context"
+	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -223,5 +225,33 @@ func TestVerifyRefusesATeacher(t *testing.T) {
 	_, err := Run(context.Background(), Options{Hybrid: fixtures["phi"], Backend: be})
 	if err == nil || !strings.Contains(err.Error(), "not a hybrid") {
 		t.Errorf("verify of a plain teacher: %v", err)
+	}
+}
+
+func TestAllFiniteRaw(t *testing.T) {
+	for _, dt := range []formats.DType{formats.BF16, formats.F16, formats.F32, formats.F64, formats.F8E4M3} {
+		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+			if dt == formats.F8E4M3 {
+				continue // no encoder for F8: the decode path is covered by finite input below
+			}
+			v := []float32{1, -2.5, 0, bad, 3}
+			b := make([]byte, len(v)*dt.Size())
+			if dt == formats.F64 {
+				for i, x := range v {
+					binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(float64(x)))
+				}
+			} else if err := formats.EncodeFloat32(dt, v, b); err != nil {
+				t.Fatal(err)
+			}
+			if allFiniteRaw(dt, b) {
+				t.Errorf("%s: %v judged finite", dt, bad)
+			}
+			if !allFiniteRaw(dt, b[:3*dt.Size()]) {
+				t.Errorf("%s: finite values judged not finite", dt)
+			}
+		}
+	}
+	if !allFiniteRaw(formats.F8E4M3, []byte{0x38, 0x40}) || allFiniteRaw(formats.F8E4M3, []byte{0x7f}) {
+		t.Error("F8_E4M3 finiteness")
 	}
 }
