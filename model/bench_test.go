@@ -159,3 +159,33 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLoad measures Load (read, convert, upload) of the small Phi-2
+// preset, in checkpoint bytes per second.
+func BenchmarkLoad(b *testing.B) {
+	dir, _ := smallModels(b)
+	var size int64
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && filepath.Ext(e.Name()) == ".safetensors" {
+			size += info.Size()
+		}
+	}
+	for _, f32 := range []bool{false, true} {
+		b.Run(fmt.Sprintf("phi-small/f32=%v", f32), func(b *testing.B) {
+			b.SetBytes(size)
+			for range b.N {
+				be := cpu.New(0)
+				m, err := Load(dir, be, Options{F32Weights: f32})
+				if err != nil {
+					b.Fatal(err)
+				}
+				m.Close()
+				be.Close()
+			}
+		})
+	}
+}

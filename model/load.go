@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
@@ -104,15 +105,20 @@ func (ld *loader) matrix(names []string, rows []int, cols int) (kernels.Tensor, 
 		what = fmt.Sprintf("%s (+%d fused)", names[0], len(names)-1)
 	}
 	if bf16 {
-		bits := make([]uint16, 0, total*cols)
-		for _, n := range names {
-			raw, err := ld.ck.Raw(n)
-			if err != nil {
+		bits := make([]uint16, total*cols)
+		var raw []byte
+		off := 0
+		for i, n := range names {
+			cnt := rows[i] * cols
+			raw = slices.Grow(raw[:0], 2*cnt)[:2*cnt]
+			if err := ld.ck.ReadRaw(n, raw); err != nil {
 				return nil, fmt.Errorf("tensor %s: %w", n, err)
 			}
-			for i := 0; i+1 < len(raw); i += 2 {
-				bits = append(bits, binary.LittleEndian.Uint16(raw[i:]))
+			dst := bits[off : off+cnt]
+			for j := range dst {
+				dst[j] = binary.LittleEndian.Uint16(raw[2*j:])
 			}
+			off += cnt
 		}
 		t, err := ld.be.UploadBF16(bits, total, cols)
 		if err != nil {
@@ -121,13 +127,14 @@ func (ld *loader) matrix(names []string, rows []int, cols int) (kernels.Tensor, 
 		*ld.owned = append(*ld.owned, t)
 		return t, nil
 	}
-	data := make([]float32, 0, total*cols)
+	data := make([]float32, total*cols)
+	off := 0
 	for i, n := range names {
-		v, err := ld.host(n, rows[i], cols)
-		if err != nil {
-			return nil, err
+		cnt := rows[i] * cols
+		if err := ld.ck.ReadFloat32(n, data[off:off+cnt]); err != nil {
+			return nil, fmt.Errorf("tensor %s: %w", n, err)
 		}
-		data = append(data, v...)
+		off += cnt
 	}
 	return ld.upload(what, data, total, cols)
 }
