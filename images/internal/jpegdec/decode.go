@@ -31,7 +31,7 @@ type Image struct {
 	Channels int
 	Pix      []uint8 // Height rows of Width·Channels samples
 
-	EXIF []byte // first APP1 "Exif\0\0" payload (the TIFF structure), nil if none
+	EXIF []byte // first APP1 "Exif\0" payload after its 6-byte header (the TIFF structure), nil if none
 	XMP  []byte // first APP1 XMP packet, nil if none
 
 	// Corrupt is set when entropy-coded data stopped short at a marker: libjpeg then warns and fills
@@ -308,9 +308,10 @@ func (d *decoder) parseAPP(code byte, seg []byte) {
 			d.jfif = true
 		}
 	case mAPP1:
-		const exifID, xmpID = "Exif\x00\x00", "http://ns.adobe.com/xap/1.0/\x00"
-		if d.exif == nil && len(seg) >= len(exifID) && string(seg[:len(exifID)]) == exifID {
-			d.exif = seg[len(exifID):]
+		// Pillow keeps the first APP1 starting "Exif\0" and drops its 6-byte "Exif\0\0" header.
+		const exifID, xmpID = "Exif\x00", "http://ns.adobe.com/xap/1.0/\x00"
+		if d.exif == nil && len(seg) >= 6 && string(seg[:len(exifID)]) == exifID {
+			d.exif = seg[6:]
 		}
 		if d.xmp == nil && len(seg) >= len(xmpID) && string(seg[:len(xmpID)]) == xmpID {
 			d.xmp = seg[len(xmpID):]
