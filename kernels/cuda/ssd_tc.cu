@@ -85,7 +85,7 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
     const bf16_t* xsrc = x + (row0 * Hx + hx) * (i64)P + p0;
     const bf16_t* bsrc = B + (row0 * Hb + hb) * (i64)NS;
     const bf16_t* csrc = C + (row0 * Hc + hc) * (i64)NS;
-    const i64 xstep = (i64)Hx * P, bstep = (i64)Hb * NS, cstep = (i64)Hc * NS;
+    const i64 xstep = (i64)Hx * P, bstep = (i64)Hb * NS, cstep = (i64)Hc * NS, ystep = (i64)H * P;
     auto load_rows = [&](unsigned dst, const bf16_t* src, i64 step, int pieces, int stride, int c) {
         for (int e = tid; e < QT * pieces; e += NT) {
             const int l = e / pieces, k = e - l * pieces, t = c * QT + l;
@@ -164,13 +164,15 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         for (int k = 0; k < NS / 16; k++) {
             unsigned hf[4]; // H hi (b0, b1), H lo (b0, b1)
             ldsm_x4(hf, sb + OFF_HH + ((8 * warp) * SN + 16 * k) * 2 + oH);
+            unsigned af[LB][4];
 #pragma unroll
-            for (int i = 0; i < LB; i++) {
-                unsigned af[4];
-                ldsm_x4(af, sb + OFF_C + ((16 * i) * SN + 16 * k) * 2 + oA_C);
-                mma_bf16_16816(yacc[i], af, hf);
-                mma_bf16_16816(yacc[i], af, hf + 2);
-            }
+            for (int i = 0; i < LB; i++) ldsm_x4(af[i], sb + OFF_C + ((16 * i) * SN + 16 * k) * 2 + oA_C);
+            // hi terms of every row block, then lo terms: consecutive mma
+            // instructions never wait on each other's accumulator.
+#pragma unroll
+            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hf);
+#pragma unroll
+            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hf + 2);
         }
 #pragma unroll
         for (int i = 0; i < LB; i++) {
@@ -185,8 +187,12 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
 #pragma unroll
             for (int q = 0; q < 4; q += 2) {
                 int l = 16 * i + g + 8 * (q >> 1), s = 8 * j + 2 * tig;
-                float w0 = s <= l ? acc[q] * exp2f(fminf(cs[l] - cs[s], 0.f)) * dts[s] : 0.f;
-                float w1 = s + 1 <= l ? acc[q + 1] * exp2f(fminf(cs[l] - cs[s + 1], 0.f)) * dts[s + 1] : 0.f;
+                float w0 = acc[q] * exp2f(fminf(cs[l] - cs[s], 0.f)) * dts[s];
+                float w1 = acc[q + 1] * exp2f(fminf(cs[l] - cs[s + 1], 0.f)) * dts[s + 1];
+                if (j >= 2 * i) { // a tile on the diagonal: zero above it
+                    w0 = s <= l ? w0 : 0.f;
+                    w1 = s + 1 <= l ? w1 : 0.f;
+                }
                 unsigned hi, lo;
                 split_bf16x2(w0, w1, hi, lo);
                 *(unsigned*)(dyn_smem + OFF_WH + (l * SQ + s) * 2) = hi;
@@ -231,6 +237,7 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         }
 
         // 3b. Y_diag = W·x, then D·x, and the store.
+        float* const ychunk = y + ((row0 + (i64)c * QT) * H + h) * (i64)P + p0;
 #pragma unroll
         for (int k = 0; k < LB; k += 2) {
             unsigned xf[4]; // x fragments of the s-steps k and k+1
@@ -239,10 +246,14 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
             for (int kk = 0; kk < 2; kk++) {
 #pragma unroll
                 for (int i = k + kk; i < LB; i++) {
-                    unsigned wh[4], wl[4];
+                    unsigned wh[4];
                     ldsm_x4(wh, sb + OFF_WH + ((16 * i) * SQ + 16 * (k + kk)) * 2 + oA_W);
-                    ldsm_x4(wl, sb + OFF_WL + ((16 * i) * SQ + 16 * (k + kk)) * 2 + oA_W);
                     mma_bf16_16816(yacc[i], wh, xf + 2 * kk);
+                }
+#pragma unroll
+                for (int i = k + kk; i < LB; i++) {
+                    unsigned wl[4];
+                    ldsm_x4(wl, sb + OFF_WL + ((16 * i) * SQ + 16 * (k + kk)) * 2 + oA_W);
                     mma_bf16_16816(yacc[i], wl, xf + 2 * kk);
                 }
             }
@@ -251,11 +262,11 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         for (int i = 0; i < LB; i++) {
 #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-                int l = 16 * i + g + 8 * (q >> 1), t = c * QT + l, p = 8 * warp + 2 * tig;
-                if (t < L) {
+                const int l = 16 * i + g + 8 * (q >> 1), p = 8 * warp + 2 * tig;
+                if (c * QT + l < L) {
                     unsigned xv = *(const unsigned*)(Xc + l * SX + p);
                     float2 v = make_float2(yacc[i][q] + dd * bf16_lo(xv), yacc[i][q + 1] + dd * bf16_hi(xv));
-                    *(float2*)(y + ((row0 + t) * H + h) * P + p0 + p) = v;
+                    *(float2*)(ychunk + l * ystep + p) = v;
                 }
             }
         }
@@ -279,21 +290,21 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
                 const float wlo = r < 2 ? w00 : w10, whi = r < 2 ? w01 : w11;
                 split_bf16x2(bf16_lo(af[r]) * wlo, bf16_hi(af[r]) * whi, ah[r], al[r]);
             }
+            unsigned bfr[NJ][2];
 #pragma unroll
             for (int j = 0; j < NJ; j += 2) {
-                unsigned bfr[4];
                 if (j + 1 < NJ) {
-                    ldsm_x4_trans(bfr, sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
+                    unsigned r4[4];
+                    ldsm_x4_trans(r4, sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
+                    bfr[j][0] = r4[0], bfr[j][1] = r4[1], bfr[j + 1][0] = r4[2], bfr[j + 1][1] = r4[3];
                 } else {
-                    ldsm_x2_trans(bfr, sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
-                }
-                mma_bf16_16816(hacc[j], ah, bfr);
-                mma_bf16_16816(hacc[j], al, bfr);
-                if (j + 1 < NJ) {
-                    mma_bf16_16816(hacc[j + 1], ah, bfr + 2);
-                    mma_bf16_16816(hacc[j + 1], al, bfr + 2);
+                    ldsm_x2_trans(bfr[j], sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
                 }
             }
+#pragma unroll
+            for (int j = 0; j < NJ; j++) mma_bf16_16816(hacc[j], ah, bfr[j]);
+#pragma unroll
+            for (int j = 0; j < NJ; j++) mma_bf16_16816(hacc[j], al, bfr[j]);
         }
         store_h(); // read after the next chunk's first barrier
     }

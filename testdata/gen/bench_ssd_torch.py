@@ -41,13 +41,16 @@ def helpers():
 
         pad, chunks, segsum = m.pad_tensor_by_size, m.reshape_into_chunks, m.segment_sum
         users = []
-        for name, fn in inspect.getmembers(m.Mamba2Mixer, inspect.isfunction):
-            try:
-                if "segment_sum" in inspect.getsource(fn):
-                    users.append(name)
-            except (OSError, TypeError):
-                pass
-        src = f"transformers.models.mamba2.modeling_mamba2 (segment_sum used by Mamba2Mixer.{', '.join(users) or '?'})"
+        for owner, prefix in ((m.Mamba2Mixer, "Mamba2Mixer."), (m, "")):
+            for name, fn in inspect.getmembers(owner, inspect.isfunction):
+                if getattr(fn, "__module__", None) != m.__name__ or name == "segment_sum":
+                    continue
+                try:
+                    if "segment_sum(" in inspect.getsource(fn):
+                        users.append(prefix + name)
+                except (OSError, TypeError):
+                    pass
+        src = f"transformers.models.mamba2.modeling_mamba2 (segment_sum called by {', '.join(users) or 'nothing found'})"
         return pad, chunks, segsum, src
     except Exception as exc:  # fall back, and say so
         src = f"local copies ({type(exc).__name__}: {exc})"
