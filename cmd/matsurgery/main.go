@@ -35,6 +35,8 @@ type CLI struct {
 
 	Convert ConvertCmd `cmd:"" help:"Convert a TinyLLaVA teacher into a hybrid Mamba-2/Transformer checkpoint."`
 
+	Generate           GenerateCmd                  `cmd:"" help:"Answer a question about an image with a teacher or hybrid, streaming tokens."`
+	Bench              BenchCmd                     `cmd:"" help:"Measure prefill and decode tokens/s and peak memory at several context lengths."`
 	Inspect            InspectCmd                   `cmd:"" help:"Show what a checkpoint holds: family, sizes, parameters, dtypes, layer kinds, problems."`
 	Synth              SynthCmd                     `cmd:"" help:"Write a random-weight TinyLLaVA checkpoint of real shapes (for tests, demos, benchmarks)."`
 	Verify             VerifyCmd                    `cmd:"" help:"Prove a hybrid: linear-attention identity, chunked vs sequential scan, distance to softmax attention, integrity."`
