@@ -10,7 +10,7 @@ import (
 // cublasAPI holds the cuBLAS functions used by MatMul.
 type cublasAPI struct {
 	lib, lt                                  *library
-	create, destroy, setStream, getVersion   uintptr
+	create, destroy, setStream               uintptr
 	setMathMode, sgemm, gemmEx, statusString uintptr
 	getProperty                              uintptr
 }
@@ -42,7 +42,6 @@ func loadCUBLAS() (*cublasAPI, error) {
 		&c.create:      {"cublasCreate_v2"},
 		&c.destroy:     {"cublasDestroy_v2"},
 		&c.setStream:   {"cublasSetStream_v2"},
-		&c.getVersion:  {"cublasGetVersion_v2"},
 		&c.setMathMode: {"cublasSetMathMode"},
 		&c.sgemm:       {"cublasSgemm_v2"},
 		&c.gemmEx:      {"cublasGemmEx"},
@@ -108,12 +107,6 @@ func (c *cublasAPI) newHandle(s uintptr) (uintptr, error) {
 		return 0, err
 	}
 	return h, nil
-}
-
-func (c *cublasAPI) version(h uintptr) (int, error) {
-	var v int32
-	err := c.check(call(c.getVersion, h, uintptr(unsafe.Pointer(&v))), "cublasGetVersion")
-	return int(v), err
 }
 
 // gemmRowMajor computes, for row-major matrices, out[m,n] = a[m,k]·op(b)

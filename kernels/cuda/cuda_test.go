@@ -3,6 +3,7 @@ package cuda
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -308,4 +309,29 @@ func TestExtensions(t *testing.T) {
 		}
 		return be
 	}, tolerances())
+}
+
+// goldenDir finds testdata/golden/kernels from the package folder (go
+// test) or the repository root (a test binary run from there).
+func goldenDir() string {
+	for _, d := range []string{"../../testdata/golden/kernels", "testdata/golden/kernels"} {
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			return d
+		}
+	}
+	return "../../testdata/golden/kernels"
+}
+
+// TestGolden checks the backend against PyTorch float64 outputs.
+func TestGolden(t *testing.T) {
+	if ok, why := Available(); !ok {
+		t.Skipf("no CUDA device: %s; %s", why, howToRun)
+	}
+	conformance.RunGolden(t, func() kernels.Backend {
+		be, err := New(0)
+		if err != nil {
+			t.Fatalf("New(0): %v", err)
+		}
+		return be
+	}, goldenDir(), tolerances())
 }

@@ -26,7 +26,6 @@ type driverAPI struct {
 
 // Driver enums used here (cuda.h).
 const (
-	attrMaxThreadsPerBlock     = 1
 	attrMultiprocessorCount    = 16
 	attrL2CacheSize            = 38
 	attrCCMajor                = 75
@@ -34,15 +33,13 @@ const (
 	attrMaxSharedPerBlockOptin = 97
 	attrMemoryPoolsSupported   = 115
 
-	funcAttrMaxThreadsPerBlock = 0
-	funcAttrSharedSizeBytes    = 1
-	funcAttrLocalSizeBytes     = 3
-	funcAttrNumRegs            = 4
-	funcAttrMaxDynamicShared   = 8
+	funcAttrSharedSizeBytes  = 1
+	funcAttrLocalSizeBytes   = 3
+	funcAttrNumRegs          = 4
+	funcAttrMaxDynamicShared = 8
 
 	memPoolAttrReleaseThreshold = 4
 	streamNonBlocking           = 1
-	cudaErrorNotReady           = 600
 )
 
 func loadDriver() (*driverAPI, error) {
@@ -206,10 +203,6 @@ func (d *driverAPI) dtoh(dst unsafe.Pointer, src uint64, bytes int, s uintptr) e
 
 func (d *driverAPI) dtod(dst, src uint64, bytes int, s uintptr) error {
 	return d.check(call(d.memcpyDtoDAsync, uintptr(dst), uintptr(src), uintptr(bytes), s), fmt.Sprintf("cuMemcpyDtoDAsync(%d bytes)", bytes))
-}
-
-func (d *driverAPI) memset8(dst uint64, v byte, bytes int, s uintptr) error {
-	return d.check(call(d.memsetD8Async, uintptr(dst), uintptr(v), uintptr(bytes), s), fmt.Sprintf("cuMemsetD8Async(%d bytes)", bytes))
 }
 
 func (d *driverAPI) syncStream(s uintptr) error {
