@@ -19,6 +19,11 @@ type LoadOptions struct {
 	// XMP tiff:Orientation), as PIL.ImageOps.exif_transpose does. TinyLLaVA does not do this (it calls
 	// Image.open(path).convert("RGB")), so the default, false, reproduces what the model was trained on.
 	ApplyEXIF bool
+	// AllowTruncated decodes a JPEG that ends before its image data does, as Pillow does with
+	// ImageFile.LOAD_TRUNCATED_IMAGES = True (which TinyLLaVA sets): an EOI marker is appended and
+	// libjpeg's handling of missing data applies (zero bits, then uniform grey). A truncated PNG is
+	// still an error.
+	AllowTruncated bool
 }
 
 // Format is an image file format, recognised from the file's first bytes (as PIL does, whatever the
@@ -79,7 +84,11 @@ func Decode(data []byte, opts LoadOptions) (*RGB, error) {
 		}
 	case JPEG:
 		var j *jpegdec.Image
-		if j, err = jpegdec.Decode(data, maxPixels); err == nil {
+		j, err = jpegdec.Decode(data, maxPixels)
+		if errors.Is(err, jpegdec.ErrTruncated) && opts.AllowTruncated {
+			j, err = jpegdec.Decode(append(data[:len(data):len(data)], 0xff, 0xd9), maxPixels)
+		}
+		if err == nil {
 			img, err = fromJPEG(j)
 			exif, xmp = j.EXIF, j.XMP
 		}
@@ -88,7 +97,7 @@ func Decode(data []byte, opts LoadOptions) (*RGB, error) {
 			err = fmt.Errorf("%w: %v", ErrTooLarge, err)
 		}
 		if errors.Is(err, jpegdec.ErrTruncated) {
-			err = fmt.Errorf("%w (Pillow refuses it too unless ImageFile.LOAD_TRUNCATED_IMAGES is set)", err)
+			err = fmt.Errorf("%w (Pillow refuses it too unless ImageFile.LOAD_TRUNCATED_IMAGES is set: see LoadOptions.AllowTruncated)", err)
 		}
 	}
 	if err != nil {

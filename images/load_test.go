@@ -300,3 +300,33 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestAllowTruncated: a cut-off JPEG decodes as Pillow decodes it with LOAD_TRUNCATED_IMAGES (an EOI
+// appended, libjpeg's grey past the end of the data): the top rows are intact, the bottom rows grey.
+func TestAllowTruncated(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(goldenDir, "orientation6_80x50.jpg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := Decode(data, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := data[:len(data)*6/10]
+	if _, err := Decode(cut, LoadOptions{}); err == nil {
+		t.Fatal("truncated JPEG accepted without AllowTruncated")
+	}
+	img, err := Decode(cut, LoadOptions{AllowTruncated: true})
+	if err != nil {
+		t.Fatalf("AllowTruncated: %v", err)
+	}
+	w := img.Rect.Dx()
+	if !bytes.Equal(img.Pix[:3*w*8], full.Pix[:3*w*8]) {
+		t.Error("the first 8 rows differ from the complete file's")
+	}
+	for i, v := range img.Pix[3*w*(img.Rect.Dy()-1):] {
+		if v != 128 {
+			t.Fatalf("last row sample %d = %d, want grey 128", i, v)
+		}
+	}
+}

@@ -5,6 +5,11 @@
 //     Go's lossless decoder, JPEG through a decoder that follows libjpeg-turbo's default decompression
 //     (Pillow's JPEG library: accurate integer IDCT, "fancy" triangular chroma upsampling, its fixed-point
 //     YCbCr→RGB), so the pixels equal PIL's, where Go's image/jpeg differs by up to tens of levels.
+//     PIL's conversion quirks are kept: alpha is dropped, not composited; 16-bit grey saturates at 255;
+//     four-component JPEGs are read as Adobe-inverted CMYK. A JPEG whose data is corrupt part-way is
+//     decoded as libjpeg does (grey past the damage) without an error, as Pillow does; a file cut short
+//     is an error, as in Pillow by default; LoadOptions.AllowTruncated decodes a cut-off JPEG the way
+//     Pillow does with ImageFile.LOAD_TRUNCATED_IMAGES, which TinyLLaVA's data loader sets.
 //     EXIF orientation is ignored by default, as TinyLLaVA ignores it; LoadOptions.ApplyEXIF rotates the
 //     picture upright as `PIL.ImageOps.exif_transpose` does.
 //   - Resize is Pillow's `Image.resize(size, Image.BICUBIC)`: a Keys cubic (a = −0.5) whose support grows

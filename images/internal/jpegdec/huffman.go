@@ -118,11 +118,8 @@ func (b *bitReader) fill() {
 	}
 }
 
-// need makes at least k (≤ 32) bits available, padding with zeros past a marker.
-func (b *bitReader) need(k int) error {
-	if b.n >= k {
-		return nil
-	}
+// refill makes at least k (≤ 32) bits available, padding with zeros past a marker.
+func (b *bitReader) refill(k int) error {
 	b.fill()
 	if b.n >= k {
 		return nil
@@ -137,13 +134,12 @@ func (b *bitReader) need(k int) error {
 
 // bits reads k bits (0 ≤ k ≤ 16) as an unsigned number.
 func (b *bitReader) bits(k int) (int32, error) {
-	if k == 0 {
-		return 0, nil
+	if b.n < k {
+		if err := b.refill(k); err != nil {
+			return 0, err
+		}
 	}
-	if err := b.need(k); err != nil {
-		return 0, err
-	}
-	v := int32(b.acc >> (64 - k))
+	v := int32(b.acc >> (64 - k)) // a shift by 64 gives 0 for k = 0
 	b.acc <<= k
 	b.n -= k
 	return v, nil
@@ -155,34 +151,27 @@ func (b *bitReader) bit() (bool, error) {
 	return v != 0, err
 }
 
-// decode reads one Huffman-coded symbol. A bit string matching no code yields symbol 0, as libjpeg
-// does after its "corrupt data" warning.
+// decode reads one Huffman-coded symbol: codes of up to lookBits bits through the lookup table,
+// longer ones (and codes near a marker or the end of the data) bit by bit.
 func (b *bitReader) decode(t *huffTable) (uint8, error) {
 	if b.n < 16 {
 		b.fill()
 	}
-	if b.n >= lookBits || !b.atEnd {
-		avail := b.n
-		if avail < lookBits {
-			// Near a marker: look up with zero padding, charge the padding only if used.
-			if e := t.fast[b.acc>>(64-lookBits)]; e != 0 {
-				l := int(e >> 8)
-				if l > avail {
-					b.insufficient = true
-					b.n = 64
-				}
-				b.acc <<= l
-				b.n -= l
-				return uint8(e), nil
-			}
-		} else if e := t.fast[b.acc>>(64-lookBits)]; e != 0 {
+	if b.n >= lookBits {
+		if e := t.fast[b.acc>>(64-lookBits)]; e != 0 {
 			l := int(e >> 8)
 			b.acc <<= l
 			b.n -= l
 			return uint8(e), nil
 		}
 	}
-	// Slow path: walk the code lengths.
+	return b.decodeSlow(t)
+}
+
+// decodeSlow walks the code lengths one bit at a time, padding with zero bits past a marker as
+// libjpeg does. A bit string matching no code yields symbol 0, as libjpeg does after its "corrupt
+// data" warning.
+func (b *bitReader) decodeSlow(t *huffTable) (uint8, error) {
 	code := int32(0)
 	for l := 1; l <= 16; l++ {
 		bit, err := b.bits(1)
@@ -197,12 +186,16 @@ func (b *bitReader) decode(t *huffTable) (uint8, error) {
 	return 0, nil
 }
 
-// receiveExtend reads an s-bit magnitude and sign-extends it (T.81 F.2.2.1 EXTEND).
+// receiveExtend reads an s-bit magnitude (1 ≤ s ≤ 15) and sign-extends it (T.81 F.2.2.1 EXTEND).
 func (b *bitReader) receiveExtend(s int) (int32, error) {
-	v, err := b.bits(s)
-	if err != nil {
-		return 0, err
+	if b.n < s {
+		if err := b.refill(s); err != nil {
+			return 0, err
+		}
 	}
+	v := int32(b.acc >> (64 - s))
+	b.acc <<= s
+	b.n -= s
 	if v < 1<<(s-1) {
 		v += -1<<s + 1
 	}
