@@ -69,7 +69,7 @@ func openLibrary(s libSpec) (*library, error) {
 		}
 		abs := path
 		if !strings.Contains(path, "/") {
-			abs = path + " (loader search)"
+			abs = loadedPath(path)
 		}
 		return &library{name: s.name, path: abs, handle: h}
 	}
@@ -105,6 +105,27 @@ func openLibrary(s libSpec) (*library, error) {
 	}
 	return nil, fmt.Errorf("%s not found (set $%s to the file or $%s to its folder); tried: %s",
 		s.name, s.envFile, envLibDir, strings.Join(tried, "; "))
+}
+
+// loadedPath names the file the dynamic loader opened for soname (e.g.
+// libcuda.so.1 → /usr/lib/x86_64-linux-gnu/libcuda.so.580.95.05), read
+// from /proc/self/maps; soname itself with a note when it cannot tell.
+func loadedPath(soname string) string {
+	stem := soname[:strings.Index(soname, ".so")+len(".so")] // libcuda.so
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err == nil {
+		for _, line := range strings.Split(string(maps), "\n") {
+			i := strings.Index(line, "/")
+			if i < 0 {
+				continue
+			}
+			p := line[i:]
+			if base := filepath.Base(p); base == stem || strings.HasPrefix(base, stem+".") {
+				return p
+			}
+		}
+	}
+	return soname + " (found by the loader)"
 }
 
 func fileExists(p string) bool {
