@@ -40,6 +40,7 @@ type CLI struct {
 	Inspect            InspectCmd                   `cmd:"" help:"Show what a checkpoint holds: family, sizes, parameters, dtypes, layer kinds, problems."`
 	Synth              SynthCmd                     `cmd:"" help:"Write a random-weight TinyLLaVA checkpoint of real shapes (for tests, demos, benchmarks)."`
 	Verify             VerifyCmd                    `cmd:"" help:"Prove a hybrid: linear-attention identity, chunked vs sequential scan, distance to softmax attention, integrity."`
+	Devices            DevicesCmd                   `cmd:"" help:"Show the compute devices matsurgery can use (GPU driver, libraries, memory) or why not."`
 	Version            VersionCmd                   `cmd:"" help:"Print the version."`
 	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions (bash, zsh, fish)."`
 }
