@@ -50,6 +50,8 @@ type Backend struct {
 	handle  uintptr // cuBLAS
 	modules map[string]*module
 	live    map[*Tensor]struct{}
+
+	inUse, peak atomic.Int64 // bytes of live tensors, and the most at any time
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -275,6 +277,13 @@ func (be *Backend) alloc(dt kernels.DType, shape []int, n int) (*Tensor, error) 
 	}
 	t.ptr = p
 	be.live[t] = struct{}{}
+	now := be.inUse.Add(int64(t.bytes()))
+	for {
+		old := be.peak.Load()
+		if now <= old || be.peak.CompareAndSwap(old, now) {
+			break
+		}
+	}
 	return t, nil
 }
 
@@ -410,6 +419,7 @@ func (be *Backend) release(t *Tensor) {
 	}
 	t.freed = true
 	delete(be.live, t)
+	be.inUse.Add(-int64(t.bytes()))
 	_ = be.drv.free(t.ptr, be.stream)
 }
 
@@ -463,4 +473,13 @@ func (be *Backend) optTensor(t kernels.Tensor, what string) (*Tensor, error) {
 		return nil, nil
 	}
 	return be.tensor(t, what)
+}
+
+var _ kernels.MemoryReporter = (*Backend)(nil)
+
+// DeviceMemory returns the bytes of the backend's live tensors now and at
+// their peak (the allocator's pool may hold more; other processes' use is
+// not counted).
+func (be *Backend) DeviceMemory() (inUse, peak int64) {
+	return be.inUse.Load(), be.peak.Load()
 }
