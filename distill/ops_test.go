@@ -81,7 +81,9 @@ func TestNorms(t *testing.T) {
 		checkGradients(t, rng, "layernorm", func() float64 { return dot(up, ref()) }, []gradInput{{"x", x64, dx}}, defaultFD)
 	})
 	t.Run("rmsnorm", func(t *testing.T) {
-		ref := func() *reference.Array { return must(t)(reference.RMSNorm(arr(t, x64, n, d), arr(t, widen(w), d), eps)) }
+		ref := func() *reference.Array {
+			return must(t)(reference.RMSNorm(arr(t, x64, n, d), arr(t, widen(w), d), eps))
+		}
 		y := make([]float32, n*d)
 		rstd := make([]float64, n)
 		rmsNormForward(p, y, x, n, d, w, eps, rstd)
