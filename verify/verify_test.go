@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -253,5 +254,39 @@ func TestAllFiniteRaw(t *testing.T) {
 	}
 	if !allFiniteRaw(formats.F8E4M3, []byte{0x38, 0x40}) || allFiniteRaw(formats.F8E4M3, []byte{0x7f}) {
 		t.Error("F8_E4M3 finiteness")
+	}
+}
+
+// The host reference equals the quadratic definition Σ_{s≤t} (q_t·k_s) v_s.
+func TestLinearAttention64(t *testing.T) {
+	B, L, H, Hkv, P := 2, 9, 4, 2, 3
+	r := rand.New(rand.NewPCG(5, 5))
+	gen := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(r.NormFloat64())
+		}
+		return v
+	}
+	q, k, v := gen(B*L*H*P), gen(B*L*Hkv*P), gen(B*L*Hkv*P)
+	got := linearAttention64(q, k, v, B, L, H, Hkv, P)
+	for b := 0; b < B; b++ {
+		for tt := 0; tt < L; tt++ {
+			for h := 0; h < H; h++ {
+				for i := 0; i < P; i++ {
+					var want float64
+					for s := 0; s <= tt; s++ {
+						var dot float64
+						for j := 0; j < P; j++ {
+							dot += float64(q[((b*L+tt)*H+h)*P+j]) * float64(k[((b*L+s)*Hkv+h/2)*P+j])
+						}
+						want += dot * float64(v[((b*L+s)*Hkv+h/2)*P+i])
+					}
+					if g := got[((b*L+tt)*H+h)*P+i]; math.Abs(g-want) > 1e-12*(1+math.Abs(want)) {
+						t.Fatalf("b%d t%d h%d i%d: %v, want %v", b, tt, h, i, g, want)
+					}
+				}
+			}
+		}
 	}
 }
