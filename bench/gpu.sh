@@ -9,7 +9,7 @@ out=${1:-/tmp/gpu-out}; mkdir -p "$out"
 m=$PWD/bin/matsurgery
 w=/tmp/ms; mkdir -p $w
 log() { echo "== $*"; }
-t() { local s=$(date +%s.%N); "$@"; local rc=$?; echo "   wall $(echo "$(date +%s.%N) - $s" | bc) s (rc $rc)"; return $rc; }
+t() { local s=$EPOCHREALTIME; "$@"; local rc=$?; awk -v a="$s" -v b="$EPOCHREALTIME" -v rc=$rc 'BEGIN{printf "   wall %.2f s (rc %d)\n", b-a, rc}'; return $rc; }
 log devices; $m devices
 for spec in "kernels/cuda:cuda:." "model:model:CUDA" "verify:verify:CUDA"; do
   IFS=: read -r dir bin run <<<"$spec"
@@ -19,6 +19,7 @@ done
 log synth; t $m synth --family phi --preset full --seed 1 $w/teacher --force
 log convert; t $m convert --ratio 0.25 $w/teacher $w/h25 --force --quiet
 log verify cuda; t $m verify --device cuda --teacher $w/teacher $w/h25 > $out/verify_cuda.txt; tail -n 5 $out/verify_cuda.txt
+log "verify cuda again (kernels now in the NVRTC disk cache)"; t $m verify --device cuda --teacher $w/teacher $w/h25 > $out/verify_cuda2.txt; tail -n 3 $out/verify_cuda2.txt
 log verify cpu; t $m verify --device cpu --teacher $w/teacher $w/h25 > $out/verify_cpu.txt; tail -n 5 $out/verify_cpu.txt
 for d in teacher h25; do
   log bench $d; t $m bench --device cuda --contexts ${CONTEXTS:-1024,4096,16384} --decode 32 $w/$d | tee $out/bench_$d.txt
