@@ -15,6 +15,7 @@ package verify
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -138,36 +139,65 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.MambaLayers = mc.MambaLayers()
 	stage("open", t0)
 
+	// Integrity: the structure from the headers first (it decides which layers
+	// can be checked numerically), then the values — every tensor read —
+	// on the host while the numeric checks run on the backend.
 	t0 = time.Now()
 	in := newIntegrity(hy, te, cfg, mc, desc)
-	if err := in.run(ctx); err != nil {
-		return nil, err
+	in.checkConfig()
+	in.checkStructure()
+	structural := map[int]bool{}
+	for l, p := range in.perLayer {
+		structural[l] = len(p) > 0
 	}
-	r.Tensors, r.Bytes, r.Identical = in.tensors, in.bytes, in.identical
-	r.Problems = append(r.Problems, in.global...)
-	stage("integrity", t0)
+	valuesDone := make(chan error, 1)
+	var valuesSeconds float64
+	go func() {
+		tv := time.Now()
+		err := in.checkValues(ctx)
+		valuesSeconds = time.Since(tv).Seconds()
+		valuesDone <- err
+	}()
+	stage("integrity (headers)", t0)
 
 	mcfg := kernels.Mamba2Config{DModel: cfg.Text.HiddenSize, NHeads: mc.NGroups, HeadDim: mc.DState, DState: mc.DState,
 		NGroups: mc.NGroups, DXB: mc.DXB, ConvKernel: 4, NormEps: 1e-5, Chunk: o.Chunk}
 	lv := &layerVerifier{o: o, be: o.Backend, hy: hy, te: te, cfg: cfg, mc: mc, desc: desc, mcfg: mcfg}
+	numeric := map[int][]string{}
+	ran := map[int]bool{}
+	var loopErr error
 	for _, l := range r.MambaLayers {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		if loopErr = ctx.Err(); loopErr != nil {
+			break
 		}
-		lr := LayerReport{Layer: l, Problems: in.perLayer[l]}
-		lr.Integrity = len(lr.Problems) == 0
-		if in.configBad {
-			lr.Problems = append(lr.Problems, "numeric checks skipped: "+formats.MambaConfigName+" disagrees with config.json")
-			lr.Integrity = false
-		}
-		if lr.Integrity {
+		lr := LayerReport{Layer: l}
+		switch {
+		case in.configBad:
+			numeric[l] = append(numeric[l], "numeric checks skipped: "+formats.MambaConfigName+" disagrees with config.json")
+		case structural[l]:
+		default:
+			ran[l] = true
 			if err := lv.check(&lr, r.Stages); err != nil {
-				lr.Problems = append(lr.Problems, err.Error())
-				lr.Integrity = false
+				numeric[l] = append(numeric[l], err.Error())
 			}
 		}
-		lr.Pass = lr.Integrity && lr.IdentitySeq.Pass && lr.IdentityChunk.Pass && lr.Scan.Pass
 		r.Layers = append(r.Layers, lr)
+	}
+	verr := <-valuesDone
+	r.Stages["integrity (values, overlapped)"] = valuesSeconds
+	if loopErr != nil {
+		return nil, loopErr
+	}
+	if verr != nil {
+		return nil, verr
+	}
+	r.Tensors, r.Bytes, r.Identical = in.tensors, in.bytes, in.identical
+	r.Problems = append(r.Problems, in.global...)
+	for i := range r.Layers {
+		lr := &r.Layers[i]
+		lr.Problems = append(append([]string(nil), in.perLayer[lr.Layer]...), numeric[lr.Layer]...)
+		lr.Integrity = len(lr.Problems) == 0 && ran[lr.Layer]
+		lr.Pass = lr.Integrity && lr.IdentitySeq.Pass && lr.IdentityChunk.Pass && lr.Scan.Pass
 	}
 	r.Pass = len(r.Problems) == 0 && len(r.Layers) > 0
 	for _, lr := range r.Layers {
@@ -206,8 +236,6 @@ type layerVerifier struct {
 	mc   *formats.MambaConfig
 	desc *layout.Descriptor
 	mcfg kernels.Mamba2Config
-
-	cache map[string][]float32 // decoded tensors of the layer being checked
 }
 
 // pool frees every tensor it allocated.
@@ -236,43 +264,52 @@ func (p *pool) free() {
 	p.ts = nil
 }
 
-// rows returns rows [r0, r0+n) of a 2-D tensor as float32 (n < 0: the
-// whole tensor, any rank), decoding each tensor once per layer.
-func (lv *layerVerifier) rows(c *formats.Checkpoint, name string, r0, n int) ([]float32, []int, error) {
+// upload reads rows [r0, r0+n) of a 2-D tensor (n < 0: the whole tensor,
+// any rank) straight from its file and uploads them: a BF16 matrix as its
+// raw bits (MatMul takes BF16 operands; nothing is decoded on the host),
+// everything else as float32.
+func (lv *layerVerifier) upload(p *pool, c *formats.Checkpoint, name string, r0, n int) (kernels.Tensor, error) {
 	info, ok := c.Tensor(name)
 	if !ok {
-		return nil, nil, fmt.Errorf("missing tensor %s", name)
+		return nil, fmt.Errorf("missing tensor %s", name)
 	}
-	key := fmt.Sprintf("%p/%s", c, name)
-	v, ok := lv.cache[key]
-	if !ok {
-		var err error
-		if v, err = c.Float32(name); err != nil {
-			return nil, nil, err
+	es := int64(info.DType.Size())
+	if es == 0 || !info.DType.IsFloat() {
+		return nil, fmt.Errorf("tensor %s: dtype %s is not a float type", name, info.DType)
+	}
+	shape := make([]int, len(info.Shape))
+	for i, d := range info.Shape {
+		shape[i] = int(d)
+	}
+	off, size := int64(0), info.Size
+	if n >= 0 {
+		if len(shape) != 2 {
+			return nil, fmt.Errorf("tensor %s: shape %v is not 2-D", name, info.Shape)
 		}
-		lv.cache[key] = v
-	}
-	if n < 0 {
-		shape := make([]int, len(info.Shape))
-		for i, d := range info.Shape {
-			shape[i] = int(d)
+		if r0+n > shape[0] {
+			return nil, fmt.Errorf("tensor %s: rows [%d, %d) outside %v", name, r0, r0+n, info.Shape)
 		}
-		return v, shape, nil
+		rowBytes := int64(shape[1]) * es
+		off, size, shape = int64(r0)*rowBytes, int64(n)*rowBytes, []int{n, shape[1]}
 	}
-	if len(info.Shape) != 2 {
-		return nil, nil, fmt.Errorf("tensor %s: shape %v is not 2-D", name, info.Shape)
-	}
-	cols := int(info.Shape[1])
-	if r0+n > int(info.Shape[0]) {
-		return nil, nil, fmt.Errorf("tensor %s: rows [%d, %d) outside %v", name, r0, r0+n, info.Shape)
-	}
-	return v[r0*cols : (r0+n)*cols], []int{n, cols}, nil
-}
-
-func (lv *layerVerifier) upload(p *pool, c *formats.Checkpoint, name string, r0, n int) (kernels.Tensor, error) {
-	v, shape, err := lv.rows(c, name, r0, n)
+	sec, err := c.Section(name)
 	if err != nil {
 		return nil, err
+	}
+	raw := make([]byte, size)
+	if _, err := sec.ReadAt(raw, off); err != nil {
+		return nil, fmt.Errorf("%s: tensor %s: %w", info.File, name, err)
+	}
+	if info.DType == formats.BF16 && len(shape) == 2 {
+		bits := make([]uint16, size/2)
+		for i := range bits {
+			bits[i] = binary.LittleEndian.Uint16(raw[2*i:])
+		}
+		return p.keep(lv.be.UploadBF16(bits, shape...))
+	}
+	v := make([]float32, size/es)
+	if err := formats.DecodeFloat32(info.DType, raw, v); err != nil {
+		return nil, fmt.Errorf("tensor %s: %w", name, err)
 	}
 	return p.upload(v, shape...)
 }
@@ -282,8 +319,6 @@ func (lv *layerVerifier) check(lr *LayerReport, stages map[string]float64) error
 	be := lv.be
 	p := &pool{be: be}
 	defer p.free()
-	lv.cache = map[string][]float32{}
-	defer func() { lv.cache = nil }()
 	B, L, d := lv.o.Batch, lv.o.SeqLen, lv.cfg.Text.HiddenSize
 	H, P, Hkv := lv.mcfg.NHeads, lv.mcfg.HeadDim, lv.mc.DXB/lv.mcfg.HeadDim
 	di, dxb := H*P, lv.mc.DXB
