@@ -25,16 +25,21 @@ func TestGolden(t *testing.T) {
 	conformance.RunGolden(t, func() kernels.Backend { return New(0) }, "../../testdata/golden/kernels", conformance.DefaultTolerances())
 }
 
-// The portable paths (plain-Go micro-kernel and state-row update, and
-// gonum's sgemm) run on machines without AVX2/FMA: run the suite on them
-// here too.
+// The portable paths (plain-Go micro-kernel, state-row update and skinny
+// dot products, and gonum's sgemm) run on machines without AVX2/FMA: run
+// the suite on them here too.
 func TestConformancePortable(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short")
 	}
 	savedGemm, savedKernel, savedToken := gemm, microKernel, ssdToken
-	t.Cleanup(func() { gemm, microKernel, ssdToken = savedGemm, savedKernel, savedToken })
+	savedSkinnyF32, savedSkinnyBF16 := skinnyF32, skinnyBF16
+	t.Cleanup(func() {
+		gemm, microKernel, ssdToken = savedGemm, savedKernel, savedToken
+		skinnyF32, skinnyBF16 = savedSkinnyF32, savedSkinnyBF16
+	})
 	ssdToken = ssdTokenGo
+	skinnyF32, skinnyBF16 = skinnyF32Go, skinnyBF16Go
 	for name, k := range testMicroKernels {
 		if name == microKernelName { // the active kernel: TestConformance runs it
 			continue

@@ -15,7 +15,9 @@ const matmulPanelMax = 1024
 
 // MatMul computes out[m,n] = a[m,k]·bᵀ (transB: b is [n,k]) or a·b (b is
 // [k,n]); a and b may each be F32 or BF16, accumulation is float32. The
-// leading dimensions of a and of out are flattened into m.
+// leading dimensions of a and of out are flattened into m. With transB
+// and at most skinnyMaxRows rows the weight is streamed without packing
+// (skinny.go).
 func (be *Backend) MatMul(out, a, b kernels.Tensor, transB bool) error {
 	o, err := be.f32Tensor(out, "matmul out")
 	if err != nil {
@@ -54,6 +56,10 @@ func (be *Backend) MatMul(out, a, b kernels.Tensor, transB bool) error {
 	if at.dtype == kernels.BF16 {
 		af = make([]float32, m*k)
 		be.parallelFor(len(af), 1<<16, func(lo, hi int) { bf16ToF32(af[lo:hi], at.bf16[lo:hi]) })
+	}
+	if transB && m <= skinnyMaxRows {
+		be.matmulSkinny(m, n, k, af, bt, o.f32)
+		return nil
 	}
 	if bt.dtype == kernels.F32 {
 		be.gemmParallel(transB, m, n, k, af, bt.f32, o.f32)

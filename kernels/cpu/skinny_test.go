@@ -1,0 +1,337 @@
+package cpu
+
+import (
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/matsurgery/matsurgery/kernels"
+	"github.com/matsurgery/matsurgery/kernels/conformance"
+	"github.com/matsurgery/matsurgery/kernels/reference"
+)
+
+// skinnyKernelSet is one implementation of the skinny dot products.
+type skinnyKernelSet struct {
+	f32  skinnyF32Func
+	bf16 skinnyBF16Func
+}
+
+// testSkinnyKernels are the skinny kernels the tests run: the portable
+// ones, and on amd64 every assembly set this CPU supports
+// (skinny_amd64_test.go).
+var testSkinnyKernels = map[string]skinnyKernelSet{
+	"go": {skinnyF32Go, skinnyBF16Go},
+}
+
+// withSkinny runs fn with the given kernels in use, restoring the active
+// ones afterwards.
+func withSkinny(set skinnyKernelSet, fn func()) {
+	savedF, savedB := skinnyF32, skinnyBF16
+	defer func() { skinnyF32, skinnyBF16 = savedF, savedB }()
+	skinnyF32, skinnyBF16 = set.f32, set.bf16
+	fn()
+}
+
+func randBF16(rng *rand.Rand, n int) []uint16 {
+	s := make([]uint16, n)
+	for i := range s {
+		s[i] = roundBF16(float32(2*rng.Float64() - 1))
+	}
+	return s
+}
+
+// Each kernel against float64 dot products, for lengths around the vector
+// widths; and every product is the same bits whichever slot (weight row r,
+// activation row i, one or two activation rows) computed it, which is what
+// makes the path independent of how rows are grouped.
+func TestSkinnyKernels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	for name, set := range testSkinnyKernels {
+		for _, k := range []int{1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100, 645} {
+			var wf [4][]float32
+			var wb [4][]uint16
+			for r := range 4 {
+				wf[r] = randF32(rng, k)
+				wb[r] = randBF16(rng, k)
+			}
+			a := [2][]float32{randF32(rng, k), randF32(rng, k)}
+			var two, one, oneB, twoB [8]float32
+			set.f32(&wf, &a, 2, &two)
+			set.bf16(&wb, &a, 2, &twoB)
+			for i := range 2 {
+				ai := [2][]float32{a[i], a[1-i]}
+				set.f32(&wf, &ai, 1, &one)
+				set.bf16(&wb, &ai, 1, &oneB)
+				for r := range 4 {
+					var wantF, wantB float64
+					for p := range k {
+						wantF += float64(a[i][p]) * float64(wf[r][p])
+						wantB += float64(a[i][p]) * float64(bf16Float(wb[r][p]))
+					}
+					for _, c := range []struct {
+						what      string
+						got, want float64
+					}{
+						{"f32 two rows", float64(two[i*4+r]), wantF},
+						{"f32 one row", float64(one[r]), wantF},
+						{"bf16 two rows", float64(twoB[i*4+r]), wantB},
+						{"bf16 one row", float64(oneB[r]), wantB},
+					} {
+						// A float32 dot product of k terms of size ≤ 1.
+						if d := math.Abs(c.got - c.want); d > 1e-6*float64(k) {
+							t.Errorf("%s k=%d %s a%d·w%d = %g, want %g", name, k, c.what, i, r, c.got, c.want)
+						}
+					}
+					if math.Float32bits(one[r]) != math.Float32bits(two[i*4+r]) || math.Float32bits(oneB[r]) != math.Float32bits(twoB[i*4+r]) {
+						t.Errorf("%s k=%d a%d·w%d: one-row and two-row kernels differ", name, k, i, r)
+					}
+				}
+				// The same row in every weight slot gives the same bits.
+				same := [4][]float32{wf[2], wf[2], wf[2], wf[2]}
+				sameB := [4][]uint16{wb[1], wb[1], wb[1], wb[1]}
+				var s, sB [8]float32
+				set.f32(&same, &ai, 1, &s)
+				set.bf16(&sameB, &ai, 1, &sB)
+				for r := range 4 {
+					if s[r] != one[2] || sB[r] != oneB[1] {
+						t.Errorf("%s k=%d a%d: slot %d differs from slot 2 (f32) / 1 (bf16)", name, k, i, r)
+					}
+				}
+			}
+		}
+	}
+}
+
+// skinnyCase is one MatMul on the skinny path's side of the crossover.
+type skinnyCase struct {
+	m, n, k int
+	wdt     kernels.DType
+}
+
+func skinnyCases() []skinnyCase {
+	var cs []skinnyCase
+	for m := 1; m <= 9; m++ {
+		for _, nk := range [][2]int{{1, 1}, {3, 17}, {37, 15}, {301, 129}, {130, 640}, {5, 1029}} {
+			for _, wdt := range []kernels.DType{kernels.F32, kernels.BF16} {
+				cs = append(cs, skinnyCase{m, nk[0], nk[1], wdt})
+			}
+		}
+	}
+	return cs
+}
+
+// runMatMul uploads a[m,k] (F32) and w (wdt, [n,k] when transB, else
+// [k,n]), runs MatMul on be and returns the result.
+func runMatMul(t *testing.T, be *Backend, a, w *reference.Array, wdt kernels.DType, transB bool) []float32 {
+	t.Helper()
+	at, err := be.Upload(a.Float32(), kernels.F32, a.Shape...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, err := be.Upload(w.Float32(), wdt, w.Shape...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := w.Shape[0]
+	if !transB {
+		n = w.Shape[1]
+	}
+	nan := make([]float32, a.Shape[0]*n)
+	for i := range nan {
+		nan[i] = float32(math.NaN())
+	}
+	out, err := be.Upload(nan, kernels.F32, a.Shape[0], n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.MatMul(out, at, wt, transB); err != nil {
+		t.Fatal(err)
+	}
+	got, err := be.Download(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.Free(at)
+	be.Free(wt)
+	be.Free(out)
+	return got
+}
+
+func randArray(rng *rand.Rand, wdt kernels.DType, shape ...int) *reference.Array {
+	a := reference.New(shape...)
+	for i := range a.Data {
+		a.Data[i] = float64(float32(2*rng.Float64() - 1))
+	}
+	if wdt == kernels.BF16 {
+		return reference.RoundBF16(a)
+	}
+	return a
+}
+
+// MatMul through the skinny path (every kernel set) against the float64
+// reference, m = 1…9, odd n and k, F32 and BF16 weights; with transB off
+// the same shapes take the packed gemm and must agree as well.
+func TestMatMulSkinny(t *testing.T) {
+	if skinnyMaxRows < 9 {
+		t.Fatalf("skinnyMaxRows = %d: the cases below would not reach the skinny path", skinnyMaxRows)
+	}
+	tol := conformance.DefaultTolerances()
+	rng := rand.New(rand.NewPCG(23, 24))
+	be := New(3)
+	for _, name := range slices.Sorted(maps.Keys(testSkinnyKernels)) {
+		withSkinny(testSkinnyKernels[name], func() {
+			for _, c := range skinnyCases() {
+				a := randArray(rng, kernels.F32, c.m, c.k)
+				for _, transB := range []bool{true, false} {
+					w := randArray(rng, c.wdt, c.n, c.k)
+					if !transB {
+						w = randArray(rng, c.wdt, c.k, c.n)
+					}
+					want, err := reference.MatMul(a, w, transB)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := runMatMul(t, be, a, w, c.wdt, transB)
+					g := make([]float64, len(got))
+					for i, v := range got {
+						g[i] = float64(v)
+					}
+					limit := tol.F32
+					if c.wdt == kernels.BF16 {
+						limit = tol.BF16
+					}
+					if e := conformance.RelErr(g, want.Data); e > limit {
+						t.Errorf("%s m=%d n=%d k=%d weight %v transB=%v: relative error %.3g > %.3g", name, c.m, c.n, c.k, c.wdt, transB, e, limit)
+					}
+				}
+			}
+		})
+	}
+}
+
+// The skinny path gives the same bits for any worker count (tasks start
+// at different rows) and for any m (a row's result does not depend on
+// the rows around it).
+func TestMatMulSkinnyDeterministic(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 26))
+	const n, k = 1001, 333
+	for _, name := range slices.Sorted(maps.Keys(testSkinnyKernels)) {
+		withSkinny(testSkinnyKernels[name], func() {
+			for _, wdt := range []kernels.DType{kernels.F32, kernels.BF16} {
+				w := randArray(rng, wdt, n, k)
+				a := randArray(rng, kernels.F32, 9, k)
+				var first []float32
+				for _, workers := range []int{1, 2, 3, 5, 8} {
+					be := New(workers)
+					got := runMatMul(t, be, a, w, wdt, true)
+					if first == nil {
+						first = got
+						continue
+					}
+					if i := firstDiff(got, first); i >= 0 {
+						t.Errorf("%s weight %v: %d workers differ from 1 at element %d: %g vs %g", name, wdt, workers, i, got[i], first[i])
+					}
+				}
+				for m := 1; m < 9; m++ {
+					am, err := reference.FromData(a.Data[:m*k], m, k)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := runMatMul(t, New(2), am, w, wdt, true)
+					if i := firstDiff(got, first[:m*n]); i >= 0 {
+						t.Errorf("%s weight %v: m=%d differs from m=9 at element %d: %g vs %g", name, wdt, m, i, got[i], first[i])
+					}
+				}
+			}
+		})
+	}
+}
+
+// firstDiff is the first index where a and b differ in bits, or −1.
+func firstDiff(a, b []float32) int {
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// BenchmarkMatMulSkinny: one token through a Phi-2 fc1 (2560→10240) and
+// through a Phi-2 lm_head (2560→51200), F32 and BF16 weights, on the
+// skinny path and on the packed gemm (skinnyMaxRows 0), in weight bytes
+// per second; copy is a plain copy of as many bytes (read and written) for
+// scale. The rows sweep (2560→2560, m = 1…32) locates the crossover.
+func BenchmarkMatMulSkinny(b *testing.B) {
+	type shape struct{ m, n, k int }
+	var shapes []shape
+	for _, nk := range [][2]int{{10240, phiModel}, {51200, phiModel}} {
+		shapes = append(shapes, shape{1, nk[0], nk[1]})
+	}
+	for _, m := range []int{1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256} {
+		shapes = append(shapes, shape{m, phiModel, phiModel})
+	}
+	for _, m := range []int{16, 32, 64, 96, 128, 192} {
+		shapes = append(shapes, shape{m, phiModel, 4 * phiModel}, shape{m, 4 * phiModel, phiModel})
+	}
+	for _, s := range shapes {
+		for _, wdt := range []kernels.DType{kernels.F32, kernels.BF16} {
+			weightBytes := float64(s.n * s.k * wdt.Size())
+			be := New(0)
+			rng := rand.New(rand.NewPCG(27, 28))
+			var a, w, out kernels.Tensor
+			setup := func(b *testing.B) {
+				if w == nil {
+					a = uploadRand(b, be, rng, -1, 1, kernels.F32, s.m, s.k)
+					w = uploadRand(b, be, rng, -0.02, 0.02, wdt, s.n, s.k)
+					out = uploadRand(b, be, rng, 0, 0, kernels.F32, s.m, s.n)
+				}
+			}
+			for _, path := range []string{"skinny", "packed"} {
+				b.Run(fmt.Sprintf("%dx%dx%d/weight=%v/%s", s.m, s.k, s.n, wdt, path), func(b *testing.B) {
+					setup(b)
+					saved := skinnyMaxRows
+					defer func() { skinnyMaxRows = saved }()
+					if path == "packed" {
+						skinnyMaxRows = 0
+					} else {
+						skinnyMaxRows = s.m
+					}
+					clk := startCPU(b)
+					for b.Loop() {
+						if err := be.MatMul(out, a, w, true); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric(weightBytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+					flops := 2 * float64(s.m*s.n*s.k) * float64(b.N)
+					b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+					if used := processCPUTime() - clk.start; used > 0 {
+						b.ReportMetric(flops/used.Seconds()/1e9, "GFLOP/cpu-s")
+					}
+				})
+			}
+			if s.m == 1 {
+				b.Run(fmt.Sprintf("%dx%dx%d/weight=%v/copy", s.m, s.k, s.n, wdt), func(b *testing.B) {
+					src := make([]byte, int(weightBytes))
+					dst := make([]byte, len(src))
+					for i := range src {
+						src[i] = byte(i)
+					}
+					copy(dst, src) // fault the pages in
+					b.ResetTimer()
+					for b.Loop() {
+						copy(dst, src)
+					}
+					b.ReportMetric(weightBytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+				})
+			}
+			be.Free(a)
+			be.Free(w)
+			be.Free(out)
+		}
+	}
+}
