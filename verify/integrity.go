@@ -2,9 +2,12 @@ package verify
 
 import (
 	"bytes"
+	"os"
+
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/edsrzf/mmap-go"
 	"io"
 	"math"
 	"runtime"
@@ -32,6 +35,8 @@ type integrity struct {
 	bytes     int64
 	identical int
 	mu        sync.Mutex
+
+	maps map[string]mmap.MMap // shard files mapped read-only, nil when mapping failed
 }
 
 func newIntegrity(hy, te *formats.Checkpoint, cfg *formats.ModelConfig, mc *formats.MambaConfig, desc *layout.Descriptor) *integrity {
@@ -175,6 +180,8 @@ func sameShape(a, b []int64) bool {
 // checkValues reads every tensor once: finite floats, and with a teacher the
 // untouched ones byte-identical. Work is spread over the cores.
 func (in *integrity) checkValues(ctx context.Context) error {
+	in.mapFiles()
+	defer in.unmapFiles()
 	tensors := in.hy.Tensors()
 	sort.Slice(tensors, func(i, j int) bool { return tensors[i].Size > tensors[j].Size })
 	work := make(chan formats.TensorInfo)
@@ -211,54 +218,72 @@ func (in *integrity) checkValues(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// mapFiles maps every shard of the hybrid and the teacher read-only, so the
+// values are checked in the page cache without a copy; on any failure the
+// checks fall back to positioned reads.
+func (in *integrity) mapFiles() {
+	files := append([]string(nil), in.hy.Files...)
+	if in.te != nil {
+		files = append(files, in.te.Files...)
+	}
+	maps := map[string]mmap.MMap{}
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			break
+		}
+		m, err := mmap.Map(f, mmap.RDONLY, 0)
+		f.Close()
+		if err != nil {
+			break
+		}
+		maps[name] = m
+	}
+	if len(maps) != len(files) {
+		for _, m := range maps {
+			m.Unmap()
+		}
+		return
+	}
+	in.maps = maps
+}
+
+func (in *integrity) unmapFiles() {
+	for _, m := range in.maps {
+		m.Unmap()
+	}
+	in.maps = nil
+}
+
+// mapped returns a tensor's bytes from the mapped file, or nil.
+func (in *integrity) mapped(ti formats.TensorInfo) []byte {
+	m, ok := in.maps[ti.File]
+	if !ok || ti.Offset < 0 || ti.Offset+ti.Size > int64(len(m)) {
+		return nil
+	}
+	return m[ti.Offset : ti.Offset+ti.Size]
+}
+
 const blockBytes = 4 << 20
 
 func (in *integrity) checkTensor(ti formats.TensorInfo) error {
 	l := layout.LayerOf(ti.Name)
-	sec, err := in.hy.Section(ti.Name)
-	if err != nil {
-		return err
-	}
-	var tsec *io.SectionReader
+	var tinfo formats.TensorInfo
 	compare := false
 	if in.te != nil && !(l >= 0 && in.isMamba(l) && strings.HasPrefix(ti.Name, layout.MambaPrefix(l))) {
-		tinfo, ok := in.te.Tensor(ti.Name)
+		t, ok := in.te.Tensor(ti.Name)
 		switch {
 		case !ok:
 			in.problem(l, "tensor %s is not in the teacher", ti.Name)
-		case tinfo.DType != ti.DType || !sameShape(tinfo.Shape, ti.Shape):
-			in.problem(l, "tensor %s is %s %v, the teacher's %s %v", ti.Name, ti.DType, ti.Shape, tinfo.DType, tinfo.Shape)
+		case t.DType != ti.DType || !sameShape(t.Shape, ti.Shape):
+			in.problem(l, "tensor %s is %s %v, the teacher's %s %v", ti.Name, ti.DType, ti.Shape, t.DType, t.Shape)
 		default:
-			if tsec, err = in.te.Section(ti.Name); err != nil {
-				return err
-			}
-			compare = true
+			tinfo, compare = t, true
 		}
 	}
-	buf := make([]byte, min(int64(blockBytes), ti.Size))
-	tbuf := make([]byte, len(buf))
-	identical, finite := true, true
-	es := int64(max(ti.DType.Size(), 1))
-	for off := int64(0); off < ti.Size; off += int64(len(buf)) {
-		n := min(int64(len(buf)), ti.Size-off)
-		n -= n % es
-		if n == 0 {
-			n = ti.Size - off
-		}
-		b := buf[:n]
-		if _, err := sec.ReadAt(b, off); err != nil {
-			return fmt.Errorf("%s: tensor %s: %w", ti.File, ti.Name, err)
-		}
-		if compare && identical {
-			tb := tbuf[:n]
-			if _, err := tsec.ReadAt(tb, off); err != nil {
-				return fmt.Errorf("teacher tensor %s: %w", ti.Name, err)
-			}
-			identical = bytes.Equal(b, tb)
-		}
-		if finite && ti.DType.IsFloat() && ti.DType.Size() > 0 {
-			finite = allFiniteRaw(ti.DType, b)
-		}
+	identical, finite, err := in.scan(ti, tinfo, compare)
+	if err != nil {
+		return err
 	}
 	if !finite {
 		in.problem(l, "tensor %s holds NaN or Inf", ti.Name)
@@ -276,6 +301,58 @@ func (in *integrity) checkTensor(ti formats.TensorInfo) error {
 	return nil
 }
 
+// scan reads a tensor once: whether it equals the teacher's (when compare)
+// and whether its values are finite. Mapped files are read in place; else
+// positioned reads in blocks.
+func (in *integrity) scan(ti, tinfo formats.TensorInfo, compare bool) (identical, finite bool, err error) {
+	checkFinite := ti.DType.IsFloat() && ti.DType.Size() > 0
+	if b := in.mapped(ti); b != nil {
+		var tb []byte
+		if compare {
+			tb = in.mapped(tinfo)
+		}
+		if !compare || tb != nil {
+			return !compare || bytes.Equal(b, tb), !checkFinite || allFiniteRaw(ti.DType, b), nil
+		}
+	}
+	sec, err := in.hy.Section(ti.Name)
+	if err != nil {
+		return false, false, err
+	}
+	var tsec *io.SectionReader
+	if compare {
+		if tsec, err = in.te.Section(ti.Name); err != nil {
+			return false, false, err
+		}
+	}
+	buf := make([]byte, min(int64(blockBytes), ti.Size))
+	tbuf := make([]byte, len(buf))
+	identical, finite = true, true
+	es := int64(max(ti.DType.Size(), 1))
+	for off := int64(0); off < ti.Size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), ti.Size-off)
+		n -= n % es
+		if n == 0 {
+			n = ti.Size - off
+		}
+		b := buf[:n]
+		if _, err := sec.ReadAt(b, off); err != nil {
+			return false, false, fmt.Errorf("%s: tensor %s: %w", ti.File, ti.Name, err)
+		}
+		if compare && identical {
+			tb := tbuf[:n]
+			if _, err := tsec.ReadAt(tb, off); err != nil {
+				return false, false, fmt.Errorf("teacher tensor %s: %w", ti.Name, err)
+			}
+			identical = bytes.Equal(b, tb)
+		}
+		if finite && checkFinite {
+			finite = allFiniteRaw(ti.DType, b)
+		}
+	}
+	return identical, finite, nil
+}
+
 // allFiniteRaw reports whether raw little-endian floats hold no NaN or Inf,
 // testing the exponent bits directly (no decode).
 func allFiniteRaw(dt formats.DType, b []byte) bool {
@@ -285,7 +362,17 @@ func allFiniteRaw(dt formats.DType, b []byte) bool {
 		if dt == formats.F16 {
 			mask = 0x7c00
 		}
-		for i := 0; i+1 < len(b); i += 2 {
+		// Four values a word: a lane of (w & M) ^ M is zero exactly when that
+		// value's exponent bits are all ones (NaN or Inf).
+		m4 := uint64(mask) * 0x0001000100010001
+		i := 0
+		for ; i+7 < len(b); i += 8 {
+			t := binary.LittleEndian.Uint64(b[i:])&m4 ^ m4
+			if (t-0x0001000100010001)&^t&0x8000800080008000 != 0 {
+				return false
+			}
+		}
+		for ; i+1 < len(b); i += 2 {
 			if binary.LittleEndian.Uint16(b[i:])&mask == mask {
 				return false
 			}

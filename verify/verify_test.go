@@ -290,3 +290,31 @@ func TestLinearAttention64(t *testing.T) {
 		}
 	}
 }
+
+// The word-at-a-time check finds a NaN or Inf in every lane position and
+// never flags large finite values (bf16/f16 max, subnormals).
+func TestAllFiniteRawLanes(t *testing.T) {
+	for _, dt := range []formats.DType{formats.BF16, formats.F16} {
+		base := []float32{65504, -65504, 6e-8, -1, 0, 1e-5, 3, 2048, 0.5}
+		if dt == formats.BF16 {
+			base[0], base[1] = 3.3e38, -3.3e38
+		}
+		b := make([]byte, len(base)*2)
+		if err := formats.EncodeFloat32(dt, base, b); err != nil {
+			t.Fatal(err)
+		}
+		if !allFiniteRaw(dt, b) {
+			t.Fatalf("%s: finite values flagged", dt)
+		}
+		for pos := range base {
+			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+				v := append([]float32(nil), base...)
+				v[pos] = bad
+				formats.EncodeFloat32(dt, v, b)
+				if allFiniteRaw(dt, b) {
+					t.Errorf("%s: %v at position %d not found", dt, bad, pos)
+				}
+			}
+		}
+	}
+}
