@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -427,10 +428,7 @@ func (w *Writer) finishTensor(i int) error {
 func (w *Writer) closeShard() error {
 	f := w.file
 	w.file = nil
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return w.fail(fmt.Errorf("safetensors writer: sync %s: %w", f.Name(), err))
-	}
+	startWriteback(f) // made durable in Commit (syncTemps)
 	if err := f.Close(); err != nil {
 		return w.fail(fmt.Errorf("safetensors writer: close %s: %w", f.Name(), err))
 	}
@@ -486,6 +484,9 @@ func (w *Writer) commit() error {
 				return err
 			}
 		}
+	}
+	if err := w.syncTemps(); err != nil {
+		return err
 	}
 	sharded := len(w.shards) > 1
 	if sharded {
@@ -626,4 +627,29 @@ func (w *Writer) Abort() error {
 		w.state = writerAborted
 	}
 	return w.removeOwn()
+}
+
+// syncTemps makes every written shard durable before any is renamed into
+// place, the shards in parallel (their writeback started when each was closed).
+func (w *Writer) syncTemps() error {
+	errs := make([]error, len(w.temps))
+	var wg sync.WaitGroup
+	for k, path := range w.temps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := os.Open(path)
+			if err == nil {
+				err = f.Sync()
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				errs[k] = fmt.Errorf("safetensors writer: sync %s: %w", path, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package formats
+
+import "os"
+
+func startWriteback(*os.File) {}
