@@ -18,11 +18,12 @@ import (
 // bit-identical for any number of workers.
 
 // skinnyMaxRows is the largest m that MatMul sends down the skinny path
-// (transB only). BenchmarkMatMulSkinny puts the crossover with the packed
-// gemm between m = 16 and m = 32 on the AVX-512 CI machine (skinny
-// ahead by 12.6× at m = 1, 2.2× at m = 8, 1.2× at m = 16, 0.9× at
-// m = 32; BF16 weights alike); 0 disables the path (benchmarks compare
-// with it off).
+// (transB only); 0 disables the path (benchmarks compare with it off).
+// BenchmarkMatMulSkinny on a 2-core AVX-512 Xeon (shared), packed gemm time
+// over skinny time: 27× at m = 1, 13× at m = 8, 3× at m = 64 and 1.4× at
+// m = 128 for a 2560→2560 weight, but only 1.2× at m = 96 and 0.85× at
+// m = 128 for 10240→2560 (the rows of a no longer fit in L2), and 0.7–0.9×
+// from m = 192 on: 64 keeps a margin of 2× on every shape measured.
 var skinnyMaxRows = 64
 
 // Task sizing of the skinny path: about skinnyTasksPerWorker tasks per

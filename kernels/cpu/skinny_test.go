@@ -268,7 +268,7 @@ func firstDiff(a, b []float32) int {
 func BenchmarkMatMulSkinny(b *testing.B) {
 	type shape struct{ m, n, k int }
 	var shapes []shape
-	for _, nk := range [][2]int{{10240, phiModel}, {51200, phiModel}} {
+	for _, nk := range [][2]int{{10240, phiModel}, {51200, phiModel}, {2560, 640}, {640, 2560}, {51200, 640}} {
 		shapes = append(shapes, shape{1, nk[0], nk[1]})
 	}
 	for _, m := range []int{1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256} {
