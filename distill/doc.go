@@ -1,0 +1,56 @@
+// Package distill is the backward core of MaTVLM's single-stage
+// distillation (SPEC §1): the hybrid student's forward pass with saved
+// activations, the losses and their gradients, and the backward pass
+// through the trainable paths.
+//
+// It is written llm.c style, on the CPU, over host float32 slices: one
+// plain function per block, named after its maths, forward and backward
+// side by side (linear.go, norm.go, activation.go, attention.go, conv.go,
+// ssd.go, mixer.go, decoder.go, vision.go). Sums that decide accuracy
+// (norms, softmax, the scan's states, conv and bias-gradient sums, losses)
+// are float64; matrix products are float32 (gonum's sgemm). Work is spread
+// over a bounded pool of goroutines, and every result is independent of
+// the number of workers: each output element is computed by one task in a
+// fixed order, and cross-task sums are made in a fixed order.
+//
+// What trains (SPEC §1): the Mamba-2 mixers — in_proj (+bias), conv1d
+// weight and bias, dt_bias, A_log, D, the gated norm's weight, out_proj
+// (+bias) — and the mlp2x_gelu connector (unless Options.FreezeConnector).
+// The vision tower runs forward only. Attention layers, norms, MLPs,
+// embeddings and the head are frozen: gradients flow through them to the
+// activations, never into their weights.
+//
+// A training step:
+//
+//	st, _ := distill.LoadStudent(dir, distill.Options{})
+//	st.ZeroGrad()
+//	pass, _ := st.Forward(distill.Input{IDs: ids, Pixels: px, LayerInputs: teacherIn}, true)
+//	losses, dlogits, dlayers, _ := distill.Objective(distill.DefaultLoss(), pass,
+//		distill.Targets{Logits: teacherLogits, LayerOutputs: teacherOut, Labels: labels})
+//	_ = st.Backward(pass, dlogits, dlayers)
+//	for _, p := range st.Params() { /* AdamW on p.Data with p.Grad */ }
+//
+// teacherIn[l] and teacherOut[l] are the teacher's input and output of
+// each Mamba layer l (model.ForwardHooked shows them) and teacherLogits its
+// logits: the layer term runs the student's layer l on the teacher's input,
+// so its gradient reaches that layer's mixer only.
+//
+// The scan's backward follows SPEC §3's recurrent form: states are saved
+// at chunk boundaries (Options.Chunk) and recomputed inside a chunk, and
+// the decay gradient comes from the recurrent formula
+// da_t = exp(a_t)·⟨G, S_{t−1}⟩, never from a reverse cumulative sum.
+// Softmax attention saves each row's log-sum-exp and recomputes the
+// probabilities in its backward, so no L×L matrix is kept.
+//
+// # Where a GPU backend drops in
+//
+// The boundary is the Student's method set — Forward, Backward, Params,
+// ZeroGrad — with Pass opaque apart from its outputs. Everything behind it
+// is the block functions of this package operating on host slices; a GPU
+// student would implement the same blocks on device buffers (keeping the
+// Pass's activations on the device) and the same Params contract, with
+// Data as the host master copy that it uploads after each optimiser step.
+// The losses take and return host slices and do not depend on the
+// student's implementation. kernels.Backend has no backward operations
+// and is not used here.
+package distill
