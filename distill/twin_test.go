@@ -144,7 +144,9 @@ func newStudentTwin(t testing.TB, s *Student) *studentTwin {
 			}
 		}
 	}
-	nt := func(n norm) normTwin { return normTwin{w: vecArray(t, n.w), b: vecArray(t, n.b), rms: n.rms, eps: n.eps} }
+	nt := func(n norm) normTwin {
+		return normTwin{w: vecArray(t, n.w), b: vecArray(t, n.b), rms: n.rms, eps: n.eps}
+	}
 	lt := func(l linear) linTwin {
 		if l.w.rows == 0 {
 			return linTwin{}
