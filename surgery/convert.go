@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
@@ -67,8 +68,9 @@ type InitRecord struct {
 // Result of a conversion.
 type Result struct {
 	Summary
-	Files    []string `json:"files"`
-	Warnings []string `json:"warnings,omitempty"`
+	Files    []string           `json:"files"`
+	Warnings []string           `json:"warnings,omitempty"`
+	Stages   map[string]float64 `json:"stage_seconds"` // where the time went (hashing overlaps the rest)
 }
 
 // skipSide are teacher files that the conversion writes anew instead of copying.
@@ -104,19 +106,25 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	}()
 
 	// Hash the teacher's files alongside the copy (one more core's work).
+	stages := map[string]float64{}
 	var hashes map[string]string
 	var hashErr error
+	var hashSeconds float64
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		t := time.Now()
 		hashes, hashErr = hashTeacher(ctx, o.Teacher)
+		hashSeconds = time.Since(t).Seconds()
 	}()
 	defer wg.Wait()
 
-	if err := j.writeTensors(ctx, tmp, prog); err != nil {
+	t0 := time.Now()
+	if err := j.writeTensors(ctx, tmp, prog, stages); err != nil {
 		return nil, err
 	}
+	stages["tensors"] = time.Since(t0).Seconds()
 	warnings, err := copySideFiles(o.Teacher, tmp)
 	if err != nil {
 		return nil, err
@@ -124,7 +132,10 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	if err := writeFileSync(filepath.Join(tmp, formats.MambaConfigName), j.MambaConfig().Marshal()); err != nil {
 		return nil, err
 	}
+	t0 = time.Now()
 	wg.Wait()
+	stages["waiting for the hash"] = time.Since(t0).Seconds()
+	stages["sha256 of the teacher (concurrent)"] = hashSeconds
 	if hashErr != nil {
 		return nil, hashErr
 	}
@@ -142,7 +153,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	if err := replaceDir(tmp, o.Out); err != nil {
 		return nil, err
 	}
-	res = &Result{Summary: j.Summary(), Warnings: warnings}
+	res = &Result{Summary: j.Summary(), Warnings: warnings, Stages: stages}
 	entries, _ := os.ReadDir(o.Out)
 	for _, e := range entries {
 		res.Files = append(res.Files, e.Name())
@@ -150,7 +161,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	return res, nil
 }
 
-func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress) error {
+func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress, stages map[string]float64) error {
 	opts := formats.WriterOptions{Metadata: map[string]string{"format": "pt"}}
 	switch {
 	case j.Opts.ShardSize > 0:
@@ -175,9 +186,45 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress) error
 	defer prog.Finish()
 
 	added := map[string]int{} // mixer tensor → layer
+	var order []int           // layers in the order their mixers are written
 	for _, a := range j.Added {
-		added[a.Name] = layout.LayerOf(a.Name)
+		l := layout.LayerOf(a.Name)
+		if _, seen := added[a.Name]; !seen && (len(order) == 0 || order[len(order)-1] != l) {
+			order = append(order, l)
+		}
+		added[a.Name] = l
 	}
+	// Mixers are built one ahead, on another core, while tensors are copied.
+	type built struct {
+		layer int
+		m     map[string]*initmap.Tensor
+		err   error
+		secs  float64
+	}
+	ahead := make(chan built, 1)
+	stop := make(chan struct{})
+	var builder sync.WaitGroup
+	defer func() { close(stop); builder.Wait() }() // never outlive the job's checkpoint
+	builder.Add(1)
+	go func() {
+		defer builder.Done()
+		defer close(ahead)
+		for _, l := range order {
+			if ctx.Err() != nil {
+				return
+			}
+			t := time.Now()
+			m, err := j.buildMixer(l)
+			select {
+			case ahead <- built{l, m, err, time.Since(t).Seconds()}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var mixer map[string]*initmap.Tensor
 	mixerLayer := -1
 	files := map[string]*os.File{}
@@ -193,10 +240,20 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress) error
 		size := numel(s.Shape) * int64(s.DType.Size())
 		if l, ok := added[s.Name]; ok {
 			if l != mixerLayer {
-				if mixer, err = j.buildMixer(l); err != nil {
-					return err
+				t := time.Now()
+				b, ok := <-ahead
+				if !ok && ctx.Err() != nil {
+					return ctx.Err()
 				}
-				mixerLayer = l
+				if !ok || b.layer != l {
+					return fmt.Errorf("internal: mixer of layer %d built out of order", l)
+				}
+				if b.err != nil {
+					return b.err
+				}
+				stages["mixer init (concurrent)"] += b.secs
+				stages["waiting for a mixer"] += time.Since(t).Seconds()
+				mixer, mixerLayer = b.m, l
 			}
 			t := mixer[strings.TrimPrefix(s.Name, layout.MambaPrefix(l))]
 			if err := w.WriteBytes(s.Name, t.Data); err != nil {
@@ -222,7 +279,10 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress) error
 		}
 		prog.Add(size)
 	}
-	return w.Commit()
+	t := time.Now()
+	err = w.Commit()
+	stages["commit (fsync)"] = time.Since(t).Seconds()
+	return err
 }
 
 func (j *Job) buildMixer(l int) (map[string]*initmap.Tensor, error) {
