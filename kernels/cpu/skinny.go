@@ -64,10 +64,15 @@ func (be *Backend) matmulSkinny(m, n, k int, a []float32, b *Tensor, out []float
 	f32, bf16 := skinnyF32, skinnyBF16
 	be.parallelTasks(tasks, func(_, t int) {
 		j0, j1 := t*per, min(n, (t+1)*per)
-		var res [8]float32
-		var ar [2][]float32
-		var wf [4][]float32
-		var wb [4][]uint16
+		// One allocation: the kernels are called through function values,
+		// so their operands escape.
+		g := new(struct {
+			res [8]float32
+			ar  [2][]float32
+			wf  [4][]float32
+			wb  [4][]uint16
+		})
+		res, ar, wf, wb := &g.res, &g.ar, &g.wf, &g.wb
 		for j := j0; j < j1; j += 4 {
 			nr := min(4, j1-j)
 			for r := range 4 {
@@ -85,9 +90,9 @@ func (be *Backend) matmulSkinny(m, n, k int, a []float32, b *Tensor, out []float
 				ar[0] = a[i*k : (i+1)*k]
 				ar[1] = a[(i+na-1)*k : (i+na)*k]
 				if b.dtype == kernels.BF16 {
-					bf16(&wb, &ar, na, &res)
+					bf16(wb, ar, na, res)
 				} else {
-					f32(&wf, &ar, na, &res)
+					f32(wf, ar, na, res)
 				}
 				for ii := range na {
 					copy(out[(i+ii)*n+j:(i+ii)*n+j+nr], res[ii*4:ii*4+nr])
