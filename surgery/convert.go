@@ -2,11 +2,9 @@ package surgery
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,20 +18,9 @@ import (
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
 	"github.com/matsurgery/matsurgery/layout"
+	"github.com/matsurgery/matsurgery/outdir"
+	"github.com/matsurgery/matsurgery/progress"
 )
-
-// Progress receives byte counts of long work; the CLI draws a bar, tests ignore it.
-type Progress interface {
-	Start(label string, total int64)
-	Add(n int64)
-	Finish()
-}
-
-type silent struct{}
-
-func (silent) Start(string, int64) {}
-func (silent) Add(int64)           {}
-func (silent) Finish()             {}
 
 // ProvenanceName is the provenance file written beside the hybrid.
 const ProvenanceName = "matsurgery.json"
@@ -84,26 +71,16 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	if o.Out == "" {
 		return nil, fmt.Errorf("no output directory given")
 	}
-	if err := CheckOut(o.Out, o.Teacher, o.Force); err != nil {
+	if err := outdir.Check(o.Out, o.Force, o.Teacher); err != nil {
 		return nil, err
 	}
-	prog := o.Progress
-	if prog == nil {
-		prog = silent{}
-	}
-	parent := filepath.Dir(filepath.Clean(o.Out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(o.Out)+".partial-")
+	prog := progress.Or(o.Progress)
+	dir, err := outdir.Create(o.Out)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
+	defer dir.Remove()
+	tmp := dir.Path
 
 	// Hash the teacher's files alongside the copy (one more core's work).
 	stages := map[string]float64{}
@@ -129,7 +106,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileSync(filepath.Join(tmp, formats.MambaConfigName), j.MambaConfig().Marshal()); err != nil {
+	if err := outdir.WriteFile(filepath.Join(tmp, formats.MambaConfigName), j.MambaConfig().Marshal()); err != nil {
 		return nil, err
 	}
 	t0 = time.Now()
@@ -141,16 +118,13 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	}
 	prov := j.provenance(hashes)
 	pb, _ := json.MarshalIndent(prov, "", "  ")
-	if err := writeFileSync(filepath.Join(tmp, ProvenanceName), append(pb, '\n')); err != nil {
+	if err := outdir.WriteFile(filepath.Join(tmp, ProvenanceName), append(pb, '\n')); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	if err := replaceDir(tmp, o.Out); err != nil {
+	if err := dir.Commit(); err != nil {
 		return nil, err
 	}
 	res = &Result{Summary: j.Summary(), Warnings: warnings, Stages: stages}
@@ -161,7 +135,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	return res, nil
 }
 
-func (j *Job) writeTensors(ctx context.Context, dir string, prog Progress, stages map[string]float64) error {
+func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Reporter, stages map[string]float64) error {
 	opts := formats.WriterOptions{Metadata: map[string]string{"format": "pt"}}
 	switch {
 	case j.Opts.ShardSize > 0:
@@ -342,54 +316,6 @@ func (j *Job) provenance(hashes map[string]string) Provenance {
 	return p
 }
 
-// CheckOut refuses an output that is the teacher, lies inside it, or is a non-empty directory without force.
-func CheckOut(out, teacher string, force bool) error {
-	ao, err1 := filepath.Abs(out)
-	at, err2 := filepath.Abs(teacher)
-	if err1 == nil && err2 == nil {
-		if ao == at || strings.HasPrefix(ao+string(filepath.Separator), at+string(filepath.Separator)) ||
-			strings.HasPrefix(at+string(filepath.Separator), ao+string(filepath.Separator)) {
-			return fmt.Errorf("output %s overlaps the teacher directory %s: choose another output", out, teacher)
-		}
-	}
-	st, err := os.Stat(out)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("output %s exists and is not a directory", out)
-	}
-	entries, err := os.ReadDir(out)
-	if err != nil {
-		return err
-	}
-	if len(entries) > 0 && !force {
-		return fmt.Errorf("output directory %s is not empty: use --force to replace it", out)
-	}
-	return nil
-}
-
-// replaceDir moves the finished tmp directory to out, replacing what is there.
-func replaceDir(tmp, out string) error {
-	if _, err := os.Stat(out); err == nil {
-		var b [6]byte
-		rand.Read(b[:])
-		old := filepath.Join(filepath.Dir(filepath.Clean(out)), "."+filepath.Base(out)+".old-"+hex.EncodeToString(b[:]))
-		if err := os.Rename(out, old); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, out); err != nil {
-			os.Rename(old, out)
-			return err
-		}
-		return os.RemoveAll(old)
-	}
-	return os.Rename(tmp, out)
-}
-
 // hashTeacher hashes the teacher's files, several at once (sha256 of one file
 // is sequential; the shards are independent).
 func hashTeacher(ctx context.Context, dir string) (map[string]string, error) {
@@ -496,20 +422,4 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

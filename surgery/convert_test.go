@@ -326,6 +326,12 @@ func TestConvertRefusesNonEmptyOut(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(out, "keep.txt")); string(b) != "mine" {
 		t.Fatal("existing output touched")
 	}
+	// Even --force does not replace a directory that holds no checkpoint.
+	if _, err := convert(t, Options{Teacher: teacher, Out: out, Ratio: 0.25, Force: true}); err == nil || !strings.Contains(err.Error(), "holds no checkpoint") {
+		t.Fatalf("--force over an unrelated directory: %v", err)
+	}
+	// --force replaces an earlier result.
+	os.WriteFile(filepath.Join(out, "config.json"), []byte("{}"), 0o644)
 	if _, err := convert(t, Options{Teacher: teacher, Out: out, Ratio: 0.25, Force: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
 	"github.com/matsurgery/matsurgery/layout"
+	"github.com/matsurgery/matsurgery/progress"
 )
 
 // Options of a conversion.
@@ -25,11 +26,11 @@ type Options struct {
 	Preset string
 
 	Seed      uint64
-	Init      initmap.Options // DType "" = the teacher's dtype
-	ShardSize int64           // bytes; 0 = shard like the teacher
-	Force     bool            // replace a non-empty Out
-	Version   string          // tool version for the provenance file
-	Progress  Progress        // nil = silent
+	Init      initmap.Options   // DType "" = the teacher's dtype
+	ShardSize int64             // bytes; 0 = shard like the teacher
+	Force     bool              // replace a non-empty Out
+	Version   string            // tool version for the provenance file
+	Progress  progress.Reporter // nil = silent
 }
 
 // Job is a planned conversion: everything decided, nothing written.

@@ -2,35 +2,20 @@ package synth
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/layout"
+	"github.com/matsurgery/matsurgery/outdir"
+	"github.com/matsurgery/matsurgery/progress"
 )
-
-// Progress receives byte counts of long work; the CLI draws a bar, tests
-// ignore it. (The same method set as surgery.Progress.)
-type Progress interface {
-	Start(label string, total int64)
-	Add(n int64)
-	Finish()
-}
-
-type silent struct{}
-
-func (silent) Start(string, int64) {}
-func (silent) Add(int64)           {}
-func (silent) Finish()             {}
 
 // Options of a generation.
 type Options struct {
@@ -46,7 +31,7 @@ type Options struct {
 	ShardSize int64
 	// Workers drawing random values; 0 means GOMAXPROCS.
 	Workers  int
-	Progress Progress // nil = silent
+	Progress progress.Reporter // nil = silent
 }
 
 // Result describes what was written.
@@ -123,32 +108,22 @@ func Generate(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	dt := specs[0].DType
-	if err := checkOut(o.Out, o.Force); err != nil {
+	if err := outdir.Check(o.Out, o.Force); err != nil {
 		return nil, err
 	}
-	prog := o.Progress
-	if prog == nil {
-		prog = silent{}
-	}
-	parent := filepath.Dir(filepath.Clean(o.Out))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("output %s: %w", o.Out, err)
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(filepath.Clean(o.Out))+".partial-")
+	prog := progress.Or(o.Progress)
+	dir, err := outdir.Create(o.Out)
 	if err != nil {
-		return nil, fmt.Errorf("output %s: %w", o.Out, err)
+		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
+	defer dir.Remove()
+	tmp := dir.Path
 
 	cfgJSON, err := a.ConfigJSON(dt)
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileSync(filepath.Join(tmp, "config.json"), cfgJSON); err != nil {
+	if err := outdir.WriteFile(filepath.Join(tmp, "config.json"), cfgJSON); err != nil {
 		return nil, err
 	}
 	shard := o.ShardSize
@@ -183,8 +158,8 @@ func Generate(ctx context.Context, o Options) (res *Result, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := replaceDir(tmp, o.Out); err != nil {
-		return nil, fmt.Errorf("output %s: %w", o.Out, err)
+	if err := dir.Commit(); err != nil {
+		return nil, err
 	}
 	res.Out = o.Out
 	entries, err := os.ReadDir(o.Out)
@@ -211,7 +186,7 @@ type chunk struct {
 // stream draws every tensor's values on workers and writes them in order.
 // At most a window of chunks is in flight, so memory stays bounded by
 // window·ChunkElems·8 bytes whatever the model's size.
-func stream(ctx context.Context, w *formats.Writer, specs []formats.TensorSpec, seed uint64, workers int, prog Progress) error {
+func stream(ctx context.Context, w *formats.Writer, specs []formats.TensorSpec, seed uint64, workers int, prog progress.Reporter) error {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -301,7 +276,7 @@ type chunkReader struct {
 	cur     *chunk
 	off     int
 	pool    *sync.Pool
-	prog    Progress
+	prog    progress.Reporter
 	err     error
 }
 
@@ -363,73 +338,4 @@ func numel(shape []int64) int64 {
 		n *= d
 	}
 	return n
-}
-
-// checkOut refuses an output that is a file, or a non-empty directory
-// without force; with force it still refuses a directory that holds
-// neither config.json nor safetensors files, so a mistyped path cannot
-// replace an unrelated directory.
-func checkOut(out string, force bool) error {
-	st, err := os.Stat(out)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("output %s: %w", out, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("output %s exists and is not a directory", out)
-	}
-	entries, err := os.ReadDir(out)
-	if err != nil {
-		return fmt.Errorf("output %s: %w", out, err)
-	}
-	if len(entries) == 0 {
-		return nil
-	}
-	if !force {
-		return fmt.Errorf("output directory %s is not empty: use --force to replace it", out)
-	}
-	for _, e := range entries {
-		if e.Name() == "config.json" || strings.HasSuffix(e.Name(), ".safetensors") {
-			return nil
-		}
-	}
-	return fmt.Errorf("output directory %s holds no checkpoint (no config.json or .safetensors): refusing to replace it even with --force", out)
-}
-
-// replaceDir moves the finished tmp directory to out, replacing what is there.
-func replaceDir(tmp, out string) error {
-	if _, err := os.Stat(out); err == nil {
-		var b [6]byte
-		rand.Read(b[:])
-		old := filepath.Join(filepath.Dir(filepath.Clean(out)), "."+filepath.Base(filepath.Clean(out))+".old-"+hex.EncodeToString(b[:]))
-		if err := os.Rename(out, old); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, out); err != nil {
-			if rerr := os.Rename(old, out); rerr != nil {
-				return fmt.Errorf("%w (and restoring the previous output failed: %v; it is at %s)", err, rerr, old)
-			}
-			return err
-		}
-		return os.RemoveAll(old)
-	}
-	return os.Rename(tmp, out)
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return f.Close()
 }

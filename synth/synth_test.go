@@ -16,6 +16,7 @@ import (
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/layout"
+	"github.com/matsurgery/matsurgery/progress"
 )
 
 func generate(t *testing.T, o Options) *Result {
@@ -416,7 +417,7 @@ func TestStreamMultiChunk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := stream(context.Background(), w, specs, 9, workers, silent{}); err != nil {
+		if err := stream(context.Background(), w, specs, 9, workers, progress.Silent{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := w.Commit(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
 	"github.com/matsurgery/matsurgery/layout"
+	"github.com/matsurgery/matsurgery/outdir"
 	"github.com/matsurgery/matsurgery/surgery"
 )
 
@@ -77,7 +78,7 @@ func (c *ConvertCmd) Run(g *Globals) error {
 		}
 		return nil
 	}
-	if err := surgery.CheckOut(c.Out, c.Teacher, c.Force); err != nil {
+	if err := outdir.Check(c.Out, c.Force, c.Teacher); err != nil {
 		return err
 	}
 	if !g.Quiet && !g.JSON {
