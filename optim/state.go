@@ -60,6 +60,9 @@ func (o *AdamW) Save(w io.Writer) error {
 	h.Write(le.AppendUint64(nil, uint64(o.steps)))
 	h.Write(le.AppendUint32(nil, uint32(len(o.state))))
 	for _, s := range o.state {
+		if len(s.name) > maxNameLen {
+			return fmt.Errorf("save optimiser state: parameter name of %d bytes (at most %d): %.40s…", len(s.name), maxNameLen, s.name)
+		}
 		h.Write(le.AppendUint32(nil, uint32(len(s.name))))
 		h.WriteString(s.name)
 		decay := byte(0)
