@@ -1,10 +1,13 @@
 package distill
 
 import (
+	"fmt"
 	"math"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
+
+	"github.com/matsurgery/matsurgery/kernels"
 )
 
 // matrix is a weight [rows, cols] in row-major order (a PyTorch Linear
@@ -61,10 +64,55 @@ func sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	blas32.Implementation().Sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 
+// backendProduct is the size m·n·k from which a Linear's product runs on
+// the CPU backend (kernels/cpu): its operands are copied in and out, which
+// costs about 10/m of the product's time, and its kernels are several
+// times faster than gonum's sgemm (a Phi-2-sized mixer step went from 7.7 s
+// to 1.2 s, BenchmarkMixerPhi2). Smaller products run on gonum's sgemm;
+// on the phi-tiny step (BenchmarkStudentStep) 2^18 did better than 2^16,
+// 2^20 and 2^22.
+const backendProduct = 1 << 18
+
+// backendMatMul computes a·bᵀ (transB) or a·b on the CPU backend, a being
+// [m, k] and b a weight matrix (float32 or bf16), and hands the [m, n]
+// result to use. The callers' shapes are consistent by construction, so a
+// backend error is a bug of this package: it panics.
+func (p *pool) backendMatMul(a []float32, m, k int, b matrix, transB bool, use func([]float32)) {
+	check := func(what string, err error) {
+		if err != nil {
+			panic(fmt.Sprintf("distill: internal error: cpu backend %s: %v", what, err))
+		}
+	}
+	at, err := p.be.Upload(a[:m*k], kernels.F32, m, k)
+	check("upload", err)
+	defer p.be.Free(at)
+	var bt kernels.Tensor
+	if b.bf16 != nil {
+		bt, err = p.be.UploadBF16(b.bf16, b.rows, b.cols)
+	} else {
+		bt, err = p.be.Upload(b.f32[:b.rows*b.cols], kernels.F32, b.rows, b.cols)
+	}
+	check("upload", err)
+	defer p.be.Free(bt)
+	n := b.cols
+	if transB {
+		n = b.rows
+	}
+	ot, err := p.be.Alloc(kernels.F32, m, n)
+	check("alloc", err)
+	defer p.be.Free(ot)
+	check("matmul", p.be.MatMul(ot, at, bt, transB))
+	v, err := p.be.Download(ot)
+	check("download", err)
+	use(v)
+}
+
 // linearForward writes y[n, w.rows] = x[n, w.cols]·wᵀ + b (b may be nil).
 func linearForward(p *pool, y, x []float32, n int, w matrix, b []float32) {
 	out, in := w.rows, w.cols
-	if w.bf16 == nil {
+	if n*out*in >= backendProduct {
+		p.backendMatMul(x, n, in, w, true, func(v []float32) { copy(y, v) })
+	} else if w.bf16 == nil {
 		sgemm(false, true, n, out, in, 1, x, in, w.f32, in, 0, y, out)
 	} else {
 		panels := (out + panelRows - 1) / panelRows
@@ -100,6 +148,10 @@ func addBias(p *pool, y []float32, n int, b []float32) {
 // of a Linear's input.
 func linearBackwardInput(p *pool, dx, dy []float32, n int, w matrix) {
 	out, in := w.rows, w.cols
+	if n*out*in >= backendProduct {
+		p.backendMatMul(dy, n, out, w, false, func(v []float32) { addTo(dx, v) })
+		return
+	}
 	if w.bf16 == nil {
 		sgemm(false, false, n, in, out, 1, dy, out, w.f32, in, 1, dx, in)
 		return
@@ -123,9 +175,28 @@ func linearBackwardInput(p *pool, dx, dy []float32, n int, w matrix) {
 // linearBackwardWeight adds dyᵀ·x to dw[out, in] and the column sums of
 // dy[n, out] to db (summed in float64; db may be nil).
 func linearBackwardWeight(p *pool, dw, db, dy, x []float32, n, out, in int) {
-	sgemm(true, false, out, in, n, 1, dy, out, x, in, 1, dw, in)
+	if n*out*in >= backendProduct {
+		dyT := make([]float32, out*n)
+		p.rows(out, grainFor(n), func(lo, hi int) {
+			for j := lo; j < hi; j++ {
+				for r := range n {
+					dyT[j*n+r] = dy[r*out+j]
+				}
+			}
+		})
+		p.backendMatMul(dyT, out, n, matrix{rows: n, cols: in, f32: x}, false, func(v []float32) { addTo(dw, v) })
+	} else {
+		sgemm(true, false, out, in, n, 1, dy, out, x, in, 1, dw, in)
+	}
 	if db != nil {
 		columnSums(p, db, dy, n, out)
+	}
+}
+
+// addTo adds v to dst elementwise.
+func addTo(dst, v []float32) {
+	for i, x := range v {
+		dst[i] += x
 	}
 }
 

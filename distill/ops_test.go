@@ -17,10 +17,24 @@ const (
 	gradTol = 1e-4
 )
 
+// Linears of both product paths: gonum's sgemm (small) and the CPU
+// backend (m·n·k ≥ backendProduct), with float32 and bf16 weights (more
+// output rows than a bf16 panel).
 func TestLinear(t *testing.T) {
+	for _, c := range []struct{ n, in, out int }{{9, 21, 300}, {64, 256, 300}} {
+		t.Run(fmt.Sprintf("%dx%dx%d", c.n, c.in, c.out), func(t *testing.T) {
+			testLinear(t, c.n, c.in, c.out)
+		})
+	}
+}
+
+func testLinear(t *testing.T, n, in, out int) {
+	fd := defaultFD
+	if n*in*out >= backendProduct {
+		fd.full = 0 // directional derivatives: the float64 reference product is slow
+	}
 	rng := newRand(1)
 	p := newPool(3)
-	const n, in, out = 9, 21, 300 // out > panelRows: several bf16 panels
 	x, w, b := randn(rng, n*in, 1), randn(rng, out*in, 0.3), randn(rng, out, 0.5)
 	x64, w64, b64 := widen(x), widen(w), widen(b)
 	ref := func() *reference.Array {
@@ -36,7 +50,7 @@ func TestLinear(t *testing.T) {
 	dx := make([]float32, n*in)
 	tl.backward(p, dx, up, x, n)
 	checkGradients(t, rng, "linear", func() float64 { return dot(up, ref()) },
-		[]gradInput{{"x", x64, dx}, {"weight", w64, tl.w.Grad}, {"bias", b64, tl.b.Grad}}, defaultFD)
+		[]gradInput{{"x", x64, dx}, {"weight", w64, tl.w.Grad}, {"bias", b64, tl.b.Grad}}, fd)
 
 	// A bf16 matrix gives the products of its widened values.
 	bits := make([]uint16, len(w))
