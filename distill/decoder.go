@@ -64,14 +64,14 @@ type layerActs struct {
 	n   int
 	x   []float32 // input [n, d] (the caller's)
 	n1  normStats
-	h   []float32 // input norm's output
+	h   []float32 // input norm's output (dropped after the forward: only the mixer, which keeps its own reference, reads it)
 	qkv []float32 // attention: q and k after RoPE, v [n, dq+2·dkv]
 	att []float32 // attention output before o [n, dq]
 	lse []float64 // attention log-sum-exp [heads·n]
 	mix *mixerActs
 	mid []float32 // Llama/Qwen2: x + token mixer output
 	n2  normStats
-	h2  []float32 // post-attention norm's output
+	h2  []float32 // post-attention norm's output (dropped after the forward: the MLP is frozen)
 	up  []float32 // MLP up projection before the activation
 }
 
@@ -119,6 +119,7 @@ func layerForward(p *pool, s textSizes, l *decoderLayer, rope *ropeTable, out, x
 			out[i] = a.mid[i] + mlpOut[i]
 		}
 	}
+	a.h, a.h2 = nil, nil
 	return a
 }
 
