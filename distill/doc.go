@@ -8,7 +8,9 @@
 // side by side (linear.go, norm.go, activation.go, attention.go, conv.go,
 // ssd.go, mixer.go, decoder.go, vision.go). Sums that decide accuracy
 // (norms, softmax, the scan's states, conv and bias-gradient sums, losses)
-// are float64; matrix products are float32 (gonum's sgemm). Work is spread
+// are float64; matrix products are float32: a Linear's large products run
+// on the CPU backend's blocked AVX-512/AVX2 kernels (kernels/cpu, through
+// its MatMul), small ones and attention's on gonum's sgemm. Work is spread
 // over a bounded pool of goroutines, and every result is independent of
 // the number of workers: each output element is computed by one task in a
 // fixed order, and cross-task sums are made in a fixed order.
@@ -51,6 +53,6 @@
 // Pass's activations on the device) and the same Params contract, with
 // Data as the host master copy that it uploads after each optimiser step.
 // The losses take and return host slices and do not depend on the
-// student's implementation. kernels.Backend has no backward operations
-// and is not used here.
+// student's implementation. kernels.Backend has no backward operations;
+// this package only borrows the CPU backend's MatMul for large products.
 package distill
