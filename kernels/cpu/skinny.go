@@ -29,20 +29,24 @@ var skinnyMaxRows = 64
 // Task sizing of the skinny path: about skinnyTasksPerWorker tasks per
 // worker (uneven cores balance through the shared task counter), each of
 // at least skinnyMinTaskBytes of weights so that small products stay on
-// few goroutines.
+// few goroutines. With more than two rows of a, a task takes its weight
+// rows in panels of about skinnyPanelBytes, which stay in cache while
+// every pair of rows of a passes over them.
 const (
 	skinnyTasksPerWorker = 4
 	skinnyMinTaskBytes   = 64 << 10
+	skinnyPanelBytes     = 16 << 10
 )
 
-// skinnyF32Func computes out[i*4+r] = Σ_{p<k} a[i][p]·w[r][p] for r < 4 and
-// i < na (1 or 2), k = len(w[r]) = len(a[i]); out[4:] is unspecified when
-// na is 1. Every output element is computed the same way whatever its
-// position (see skinny_amd64.s).
-type skinnyF32Func func(w *[4][]float32, a *[2][]float32, na int, out *[8]float32)
+// skinnyF32Func computes out_i[r] = Σ_{p<k} a_i[p]·w[r·k+p] for the
+// rows = len(out0) weight rows held in w and the na (1 or 2) activation
+// rows a0, a1 of length k; out1 (and a1) are not touched when na is 1.
+// Every product is computed the same way whatever its row, the number of
+// rows and na (see skinny_amd64.s).
+type skinnyF32Func func(w []float32, k int, a0, a1 []float32, na int, out0, out1 []float32)
 
 // skinnyBF16Func is skinnyF32Func for weight rows of bf16 bits.
-type skinnyBF16Func func(w *[4][]uint16, a *[2][]float32, na int, out *[8]float32)
+type skinnyBF16Func func(w []uint16, k int, a0, a1 []float32, na int, out0, out1 []float32)
 
 // The skinny kernels in use: assembly where the CPU has it
 // (skinny_amd64.go), portable Go otherwise.
@@ -53,49 +57,30 @@ var (
 )
 
 // matmulSkinny computes out[m,n] = a[m,k]·bᵀ for a weight b [n,k] of
-// either dtype, in tasks of whole groups of four weight rows; within a
-// group the rows of a are taken two at a time while the group's rows are
-// in cache.
+// either dtype: tasks of consecutive weight rows, each read once from
+// memory; rows of a two at a time.
 func (be *Backend) matmulSkinny(m, n, k int, a []float32, b *Tensor, out []float32) {
 	rowBytes := k * b.dtype.Size()
 	per := (n + be.workers*skinnyTasksPerWorker - 1) / (be.workers * skinnyTasksPerWorker)
 	per = roundUp(max(per, skinnyMinTaskBytes/rowBytes, 1), 4)
 	tasks := (n + per - 1) / per
+	panel := per
+	if m > 2 {
+		panel = roundUp(max(skinnyPanelBytes/rowBytes, 1), 4)
+	}
 	f32, bf16 := skinnyF32, skinnyBF16
 	be.parallelTasks(tasks, func(_, t int) {
-		j0, j1 := t*per, min(n, (t+1)*per)
-		// One allocation: the kernels are called through function values,
-		// so their operands escape.
-		g := new(struct {
-			res [8]float32
-			ar  [2][]float32
-			wf  [4][]float32
-			wb  [4][]uint16
-		})
-		res, ar, wf, wb := &g.res, &g.ar, &g.wf, &g.wb
-		for j := j0; j < j1; j += 4 {
-			nr := min(4, j1-j)
-			for r := range 4 {
-				// Past the last row, repeat it: the kernel's extra
-				// results are dropped.
-				jr := j + min(r, nr-1)
-				if b.dtype == kernels.BF16 {
-					wb[r] = b.bf16[jr*k : (jr+1)*k]
-				} else {
-					wf[r] = b.f32[jr*k : (jr+1)*k]
-				}
-			}
+		for j0, j1 := t*per, min(n, (t+1)*per); j0 < j1; j0 += panel {
+			je := min(j1, j0+panel)
 			for i := 0; i < m; i += 2 {
 				na := min(2, m-i)
-				ar[0] = a[i*k : (i+1)*k]
-				ar[1] = a[(i+na-1)*k : (i+na)*k]
+				i1 := i + na - 1
+				a0, a1 := a[i*k:(i+1)*k], a[i1*k:(i1+1)*k]
+				o0, o1 := out[i*n+j0:i*n+je], out[i1*n+j0:i1*n+je]
 				if b.dtype == kernels.BF16 {
-					bf16(wb, ar, na, res)
+					bf16(b.bf16[j0*k:je*k], k, a0, a1, na, o0, o1)
 				} else {
-					f32(wf, ar, na, res)
-				}
-				for ii := range na {
-					copy(out[(i+ii)*n+j:(i+ii)*n+j+nr], res[ii*4:ii*4+nr])
+					f32(b.f32[j0*k:je*k], k, a0, a1, na, o0, o1)
 				}
 			}
 		}
@@ -104,23 +89,29 @@ func (be *Backend) matmulSkinny(m, n, k int, a []float32, b *Tensor, out []float
 
 // skinnyF32Go is the portable skinny kernel: each weight row against the
 // activation rows at once, four partial sums per product.
-func skinnyF32Go(w *[4][]float32, a *[2][]float32, na int, out *[8]float32) {
-	for r := range 4 {
+func skinnyF32Go(w []float32, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	if na == 1 {
+		a1 = a0
+	}
+	for r := range out0 {
+		s, t := dot2F32(a0, a1, w[r*k:(r+1)*k])
+		out0[r] = s
 		if na == 2 {
-			out[r], out[4+r] = dot2F32(a[0], a[1], w[r])
-		} else {
-			out[r], _ = dot2F32(a[0], a[0], w[r])
+			out1[r] = t
 		}
 	}
 }
 
 // skinnyBF16Go is skinnyF32Go for bf16 weight rows, widened on the fly.
-func skinnyBF16Go(w *[4][]uint16, a *[2][]float32, na int, out *[8]float32) {
-	for r := range 4 {
+func skinnyBF16Go(w []uint16, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	if na == 1 {
+		a1 = a0
+	}
+	for r := range out0 {
+		s, t := dot2BF16(a0, a1, w[r*k:(r+1)*k])
+		out0[r] = s
 		if na == 2 {
-			out[r], out[4+r] = dot2BF16(a[0], a[1], w[r])
-		} else {
-			out[r], _ = dot2BF16(a[0], a[0], w[r])
+			out1[r] = t
 		}
 	}
 }

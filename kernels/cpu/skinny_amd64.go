@@ -1,34 +1,38 @@
 package cpu
 
-import "golang.org/x/sys/cpu"
+import (
+	"unsafe"
 
-// The assembly skinny kernels of skinny_amd64.s: four weight rows against
-// one (skinny1…) or two (skinny2…) activation rows over the first
-// blocks·width elements.
-//
-//go:noescape
-func skinny1F32AVX512(blocks int, w0, w1, w2, w3, a0, a1 *float32, out *[8]float32)
+	"golang.org/x/sys/cpu"
+)
 
-//go:noescape
-func skinny2F32AVX512(blocks int, w0, w1, w2, w3, a0, a1 *float32, out *[8]float32)
+// The assembly skinny kernels of skinny_amd64.s: groups of four weight
+// rows against one (skinnyRows1…) or two (skinnyRows2…) activation rows
+// over the first blocks·width elements.
 
 //go:noescape
-func skinny1BF16AVX512(blocks int, w0, w1, w2, w3 *uint16, a0, a1 *float32, out *[8]float32)
+func skinnyRows1F32AVX512(blocks, groups int, w *float32, ldw int, a0, out0 *float32)
 
 //go:noescape
-func skinny2BF16AVX512(blocks int, w0, w1, w2, w3 *uint16, a0, a1 *float32, out *[8]float32)
+func skinnyRows2F32AVX512(blocks, groups int, w *float32, ldw int, a0, a1, out0, out1 *float32)
 
 //go:noescape
-func skinny1F32AVX2(blocks int, w0, w1, w2, w3, a0, a1 *float32, out *[8]float32)
+func skinnyRows1BF16AVX512(blocks, groups int, w *uint16, ldw int, a0, out0 *float32)
 
 //go:noescape
-func skinny2F32AVX2(blocks int, w0, w1, w2, w3, a0, a1 *float32, out *[8]float32)
+func skinnyRows2BF16AVX512(blocks, groups int, w *uint16, ldw int, a0, a1, out0, out1 *float32)
 
 //go:noescape
-func skinny1BF16AVX2(blocks int, w0, w1, w2, w3 *uint16, a0, a1 *float32, out *[8]float32)
+func skinnyRows1F32AVX2(blocks, groups int, w *float32, ldw int, a0, out0 *float32)
 
 //go:noescape
-func skinny2BF16AVX2(blocks int, w0, w1, w2, w3 *uint16, a0, a1 *float32, out *[8]float32)
+func skinnyRows2F32AVX2(blocks, groups int, w *float32, ldw int, a0, a1, out0, out1 *float32)
+
+//go:noescape
+func skinnyRows1BF16AVX2(blocks, groups int, w *uint16, ldw int, a0, out0 *float32)
+
+//go:noescape
+func skinnyRows2BF16AVX2(blocks, groups int, w *uint16, ldw int, a0, a1, out0, out1 *float32)
 
 func init() {
 	switch {
@@ -39,80 +43,102 @@ func init() {
 	}
 }
 
-type skinnyAsmF32 func(blocks int, w0, w1, w2, w3, a0, a1 *float32, out *[8]float32)
-type skinnyAsmBF16 func(blocks int, w0, w1, w2, w3 *uint16, a0, a1 *float32, out *[8]float32)
+// skinnyAsm holds the two assembly kernels of one instruction set for one
+// weight dtype (E: float32, or uint16 for bf16 bits), their vector width
+// and the widening of one weight element.
+type skinnyAsm[E float32 | uint16] struct {
+	width int
+	one   func(blocks, groups int, w *E, ldw int, a0, out0 *float32)
+	two   func(blocks, groups int, w *E, ldw int, a0, a1, out0, out1 *float32)
+	value func(E) float32
+}
 
-// skinnyF32Asm runs a pair of assembly kernels of vector width width over
-// the multiple-of-width part of the rows and adds the rest in order.
-func skinnyF32Asm(width int, one, two skinnyAsmF32, w *[4][]float32, a *[2][]float32, na int, out *[8]float32) {
-	k := len(a[0])
-	w0, w1, w2, w3 := w[0][:k], w[1][:k], w[2][:k], w[3][:k]
-	a0, a1 := a[0], a[1][:k]
-	if k < width {
-		clear(out[:])
-	} else {
-		blocks := k / width
-		if na == 2 {
-			two(blocks, &w0[0], &w1[0], &w2[0], &w3[0], &a0[0], &a1[0], out)
-		} else {
-			one(blocks, &w0[0], &w1[0], &w2[0], &w3[0], &a0[0], &a0[0], out)
-		}
+func f32Value(v float32) float32 { return v }
+
+var (
+	skinnyAVX512F32  = skinnyAsm[float32]{16, skinnyRows1F32AVX512, skinnyRows2F32AVX512, f32Value}
+	skinnyAVX512BF16 = skinnyAsm[uint16]{16, skinnyRows1BF16AVX512, skinnyRows2BF16AVX512, bf16Float}
+	skinnyAVX2F32    = skinnyAsm[float32]{8, skinnyRows1F32AVX2, skinnyRows2F32AVX2, f32Value}
+	skinnyAVX2BF16   = skinnyAsm[uint16]{8, skinnyRows1BF16AVX2, skinnyRows2BF16AVX2, bf16Float}
+)
+
+// run implements skinnyF32Func / skinnyBF16Func: whole groups of four
+// rows in one call, each leftover row as a group of four copies of
+// itself (row stride 0), then the elements past the last whole vector
+// added in order to every product. (A leftover row's results pass through
+// a small heap buffer, the kernels being function values: only when the
+// row count is not a multiple of four.)
+func (s skinnyAsm[E]) run(w []E, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	rows := len(out0)
+	if rows == 0 {
+		return
 	}
-	if p0 := k / width * width; p0 < k {
-		for i := range na {
-			ai := a[i][:k]
-			for r, wr := range [4][]float32{w0, w1, w2, w3} {
-				s := out[i*4+r]
-				for p := p0; p < k; p++ {
-					s += ai[p] * wr[p]
-				}
-				out[i*4+r] = s
+	w = w[:rows*k]
+	a0 = a0[:k]
+	if na == 2 {
+		a1, out1 = a1[:k], out1[:rows]
+	}
+	blocks := k / s.width
+	if blocks == 0 {
+		clear(out0)
+		if na == 2 {
+			clear(out1)
+		}
+	} else {
+		size := int(unsafe.Sizeof(w[0]))
+		call := func(r, groups, ldw int, o0, o1 *float32) {
+			if na == 2 {
+				s.two(blocks, groups, &w[r*k], ldw, &a0[0], &a1[0], o0, o1)
+			} else {
+				s.one(blocks, groups, &w[r*k], ldw, &a0[0], o0)
+			}
+		}
+		full := rows / 4 * 4
+		if full > 0 {
+			var o1 *float32
+			if na == 2 {
+				o1 = &out1[0]
+			}
+			call(0, full/4, k*size, &out0[0], o1)
+		}
+		for r := full; r < rows; r++ {
+			var tmp [2][4]float32
+			call(r, 1, 0, &tmp[0][0], &tmp[1][0])
+			out0[r] = tmp[0][0]
+			if na == 2 {
+				out1[r] = tmp[1][0]
 			}
 		}
 	}
-}
-
-// skinnyBF16Asm is skinnyF32Asm for bf16 weight rows.
-func skinnyBF16Asm(width int, one, two skinnyAsmBF16, w *[4][]uint16, a *[2][]float32, na int, out *[8]float32) {
-	k := len(a[0])
-	w0, w1, w2, w3 := w[0][:k], w[1][:k], w[2][:k], w[3][:k]
-	a0, a1 := a[0], a[1][:k]
-	if k < width {
-		clear(out[:])
-	} else {
-		blocks := k / width
-		if na == 2 {
-			two(blocks, &w0[0], &w1[0], &w2[0], &w3[0], &a0[0], &a1[0], out)
-		} else {
-			one(blocks, &w0[0], &w1[0], &w2[0], &w3[0], &a0[0], &a0[0], out)
-		}
+	p0 := blocks * s.width
+	if p0 == k {
+		return
 	}
-	if p0 := k / width * width; p0 < k {
+	outs, as := [2][]float32{out0, out1}, [2][]float32{a0, a1}
+	for r := range rows {
+		wr := w[r*k : (r+1)*k]
 		for i := range na {
-			ai := a[i][:k]
-			for r, wr := range [4][]uint16{w0, w1, w2, w3} {
-				s := out[i*4+r]
-				for p := p0; p < k; p++ {
-					s += ai[p] * bf16Float(wr[p])
-				}
-				out[i*4+r] = s
+			sum := outs[i][r]
+			for p := p0; p < k; p++ {
+				sum += as[i][p] * s.value(wr[p])
 			}
+			outs[i][r] = sum
 		}
 	}
 }
 
-func skinnyF32AVX512(w *[4][]float32, a *[2][]float32, na int, out *[8]float32) {
-	skinnyF32Asm(16, skinny1F32AVX512, skinny2F32AVX512, w, a, na, out)
+func skinnyF32AVX512(w []float32, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	skinnyAVX512F32.run(w, k, a0, a1, na, out0, out1)
 }
 
-func skinnyBF16AVX512(w *[4][]uint16, a *[2][]float32, na int, out *[8]float32) {
-	skinnyBF16Asm(16, skinny1BF16AVX512, skinny2BF16AVX512, w, a, na, out)
+func skinnyBF16AVX512(w []uint16, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	skinnyAVX512BF16.run(w, k, a0, a1, na, out0, out1)
 }
 
-func skinnyF32AVX2(w *[4][]float32, a *[2][]float32, na int, out *[8]float32) {
-	skinnyF32Asm(8, skinny1F32AVX2, skinny2F32AVX2, w, a, na, out)
+func skinnyF32AVX2(w []float32, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	skinnyAVX2F32.run(w, k, a0, a1, na, out0, out1)
 }
 
-func skinnyBF16AVX2(w *[4][]uint16, a *[2][]float32, na int, out *[8]float32) {
-	skinnyBF16Asm(8, skinny1BF16AVX2, skinny2BF16AVX2, w, a, na, out)
+func skinnyBF16AVX2(w []uint16, k int, a0, a1 []float32, na int, out0, out1 []float32) {
+	skinnyAVX2BF16.run(w, k, a0, a1, na, out0, out1)
 }

@@ -44,60 +44,60 @@ func randBF16(rng *rand.Rand, n int) []uint16 {
 }
 
 // Each kernel against float64 dot products, for lengths around the vector
-// widths; and every product is the same bits whichever slot (weight row r,
-// activation row i, one or two activation rows) computed it, which is what
-// makes the path independent of how rows are grouped.
+// widths and row counts around the group of four; and every product is
+// the same bits whichever way it was computed (in a group or as a
+// leftover row, alone or among other rows, with one activation row or
+// two), which is what makes the path independent of how rows are split.
 func TestSkinnyKernels(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
-	for name, set := range testSkinnyKernels {
+	for _, name := range slices.Sorted(maps.Keys(testSkinnyKernels)) {
+		set := testSkinnyKernels[name]
 		for _, k := range []int{1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100, 645} {
-			var wf [4][]float32
-			var wb [4][]uint16
-			for r := range 4 {
-				wf[r] = randF32(rng, k)
-				wb[r] = randBF16(rng, k)
-			}
-			a := [2][]float32{randF32(rng, k), randF32(rng, k)}
-			var two, one, oneB, twoB [8]float32
-			set.f32(&wf, &a, 2, &two)
-			set.bf16(&wb, &a, 2, &twoB)
-			for i := range 2 {
-				ai := [2][]float32{a[i], a[1-i]}
-				set.f32(&wf, &ai, 1, &one)
-				set.bf16(&wb, &ai, 1, &oneB)
-				for r := range 4 {
-					var wantF, wantB float64
-					for p := range k {
-						wantF += float64(a[i][p]) * float64(wf[r][p])
-						wantB += float64(a[i][p]) * float64(bf16Float(wb[r][p]))
-					}
-					for _, c := range []struct {
-						what      string
-						got, want float64
-					}{
-						{"f32 two rows", float64(two[i*4+r]), wantF},
-						{"f32 one row", float64(one[r]), wantF},
-						{"bf16 two rows", float64(twoB[i*4+r]), wantB},
-						{"bf16 one row", float64(oneB[r]), wantB},
-					} {
-						// A float32 dot product of k terms of size ≤ 1.
-						if d := math.Abs(c.got - c.want); d > 1e-6*float64(k) {
-							t.Errorf("%s k=%d %s a%d·w%d = %g, want %g", name, k, c.what, i, r, c.got, c.want)
+			for _, rows := range []int{1, 2, 3, 4, 5, 7, 8, 9, 13} {
+				wf, wb := randF32(rng, rows*k), randBF16(rng, rows*k)
+				a0, a1 := randF32(rng, k), randF32(rng, k)
+				for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+					run := func(w0, rows int, a0, a1 []float32, na int, out0, out1 []float32) {
+						if dt == kernels.BF16 {
+							set.bf16(wb[w0*k:(w0+rows)*k], k, a0, a1, na, out0, out1)
+						} else {
+							set.f32(wf[w0*k:(w0+rows)*k], k, a0, a1, na, out0, out1)
 						}
 					}
-					if math.Float32bits(one[r]) != math.Float32bits(two[i*4+r]) || math.Float32bits(oneB[r]) != math.Float32bits(twoB[i*4+r]) {
-						t.Errorf("%s k=%d a%d·w%d: one-row and two-row kernels differ", name, k, i, r)
+					weight := func(i int) float64 {
+						if dt == kernels.BF16 {
+							return float64(bf16Float(wb[i]))
+						}
+						return float64(wf[i])
 					}
-				}
-				// The same row in every weight slot gives the same bits.
-				same := [4][]float32{wf[2], wf[2], wf[2], wf[2]}
-				sameB := [4][]uint16{wb[1], wb[1], wb[1], wb[1]}
-				var s, sB [8]float32
-				set.f32(&same, &ai, 1, &s)
-				set.bf16(&sameB, &ai, 1, &sB)
-				for r := range 4 {
-					if s[r] != one[2] || sB[r] != oneB[1] {
-						t.Errorf("%s k=%d a%d: slot %d differs from slot 2 (f32) / 1 (bf16)", name, k, i, r)
+					two0, two1 := make([]float32, rows), make([]float32, rows)
+					run(0, rows, a0, a1, 2, two0, two1)
+					for i, ai := range [][]float32{a0, a1} {
+						want := two0
+						if i == 1 {
+							want = two1
+						}
+						one, untouched := make([]float32, rows), []float32{float32(math.NaN())}
+						run(0, rows, ai, nil, 1, one, untouched)
+						if !math.IsNaN(float64(untouched[0])) {
+							t.Errorf("%s %v k=%d rows=%d: one-row kernel wrote out1", name, dt, k, rows)
+						}
+						for r := range rows {
+							var ref float64
+							for p := range k {
+								ref += float64(ai[p]) * weight(r*k+p)
+							}
+							// A float32 dot product of k terms of size ≤ 1.
+							if d := math.Abs(float64(want[r]) - ref); d > 1e-6*float64(k) {
+								t.Errorf("%s %v k=%d rows=%d: a%d·w%d = %g, want %g", name, dt, k, rows, i, r, want[r], ref)
+							}
+							alone := make([]float32, 1)
+							run(r, 1, ai, nil, 1, alone, nil)
+							if math.Float32bits(one[r]) != math.Float32bits(want[r]) || math.Float32bits(alone[0]) != math.Float32bits(want[r]) {
+								t.Errorf("%s %v k=%d rows=%d: a%d·w%d differs: %g with two activation rows, %g with one, %g alone",
+									name, dt, k, rows, i, r, want[r], one[r], alone[0])
+							}
+						}
 					}
 				}
 			}
