@@ -357,7 +357,7 @@ func TestStop(t *testing.T) {
 		sample       string // regexp of Sample(1)'s error
 	}{
 		{"not-object", `"text"`, false, `\.json: record 1 at line 3: malformed record: the record is a string, want an object`, ""},
-		{"no-conversations", `{"id": "x"}`, false, `record 1 \(id "x"\) at line 3: no conversation: "conversations" is absent or empty`, ""},
+		{"no-conversations", `{"id": "x"}`, false, `record 1 \(id "x"\) at line 3: no conversation: "conversations" is absent or null`, ""},
 		{"odd", `{"id": "x", "conversations": [{"from": "human", "value": "a"}]}`, false, `record 1 \(id "x"\) at line 3: unpaired turns: 1 turns do not pair`, ""},
 		{"null-value", `{"id": "x", "conversations": [{"from": "human", "value": null}, {"from": "gpt", "value": "b"}]}`, false, `record 1 \(id "x"\) at line 3: malformed record: turn 0: "value" is null, want a string`, ""},
 		{"image-object", `{"id": "x", "image": {}, "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}`, false, `record 1 \(id "x"\) at line 3: malformed record: image is an object, want a string`, ""},

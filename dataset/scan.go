@@ -7,40 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"reflect"
 )
-
-// probeRecord is what Open reads of a record: enough to check its shape, without keeping the text.
-type probeRecord struct {
-	ID            json.RawMessage `json:"id"`
-	Image         json.RawMessage `json:"image"`
-	Conversations *[]probeTurn    `json:"conversations"`
-}
-
-type probeTurn struct {
-	From  probeString `json:"from"`
-	Value probeString `json:"value"`
-}
-
-// probeString notes the kind of a JSON value without keeping it (and whether it is the string
-// "human"); it accepts any value, so that the check, not the decoder, names what is wrong.
-type probeString struct {
-	kind  byte // first byte of the value; 0 when the field is absent
-	human bool
-}
-
-func (p *probeString) UnmarshalJSON(b []byte) error {
-	p.kind = b[0]
-	if p.kind == '"' {
-		var s string
-		if string(b) == `"human"` {
-			p.human = true
-		} else if json.Unmarshal(b, &s) == nil {
-			p.human = s == "human" // an escaped spelling
-		}
-	}
-	return nil
-}
 
 // scan reads the file once, recording where each good record lies and counting the bad ones.
 func (d *Dataset) scan() error {
@@ -86,30 +53,23 @@ func (d *Dataset) scan() error {
 		}
 	}
 	record := 0
+	var raw json.RawMessage // reused: the decoder appends each record into it
+	var shape recordShape
 	for ; ; record++ {
 		if inArray && !dec.More() {
 			break
 		}
 		start := base + dec.InputOffset()
-		var p probeRecord
-		err := dec.Decode(&p)
+		err := dec.Decode(&raw)
 		end := base + dec.InputOffset()
 		if !inArray && err == io.EOF {
 			break
 		}
-		var typeErr *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &typeErr):
-			e := &RecordError{Record: record, Reason: ReasonMalformed, Err: describeTypeError(typeErr)}
-			e.ID, _ = recordID(p.ID)
-			if err := d.openBad(e, start, lines); err != nil {
-				return err
-			}
-			continue
-		case err != nil:
+		if err != nil {
 			return d.syntaxError(err, start, size, record, inArray, lines)
 		}
-		if e := d.check(&p, record); e != nil {
+		shape.read(raw)
+		if e := d.check(&shape, record); e != nil {
 			if err := d.openBad(e, start, lines); err != nil {
 				return err
 			}
@@ -140,48 +100,66 @@ func (d *Dataset) scan() error {
 	return nil
 }
 
-// check validates the shape of a decoded record; nil means good.
-func (d *Dataset) check(p *probeRecord, record int) *RecordError {
-	id, err := recordID(p.ID)
-	if err != nil {
+// check validates the shape of a record; nil means good.
+func (d *Dataset) check(r *recordShape, record int) *RecordError {
+	if r.kind != '{' {
+		return &RecordError{Record: record, Reason: ReasonMalformed, Err: fmt.Errorf("the record is %s, want an object", jsonKind(r.kind))}
+	}
+	if len(r.id) > 0 && r.id[0] != '"' && r.id[0] != 'n' && jsonKind(r.id[0]) != "a number" {
+		_, err := recordID(r.id)
 		return &RecordError{Record: record, Reason: ReasonMalformed, Err: err}
 	}
-	bad := func(r Reason, format string, args ...any) *RecordError {
-		return &RecordError{Record: record, ID: id, Reason: r, Err: fmt.Errorf(format, args...)}
+	bad := func(reason Reason, format string, args ...any) *RecordError {
+		id, _ := recordID(r.id) // only now: a good record's id is not needed
+		return &RecordError{Record: record, ID: id, Reason: reason, Err: fmt.Errorf(format, args...)}
 	}
-	path, hasImage, err := d.imagePath(p.Image)
-	if err != nil {
-		return &RecordError{Record: record, ID: id, Reason: ReasonMalformed, Err: err}
+	hasImage := len(r.image) > 0 && string(r.image) != "null"
+	if hasImage && (r.image[0] != '"' || string(r.image) == `""`) {
+		_, _, err := d.imagePath(r.image)
+		return bad(ReasonMalformed, "%w", err)
 	}
-	if p.Conversations == nil || len(*p.Conversations) == 0 {
-		return bad(ReasonNoConversation, "\"conversations\" is absent or empty")
+	switch r.conversations {
+	case 0, 'n':
+		return bad(ReasonNoConversation, "\"conversations\" is absent or null")
+	case '[':
+	default:
+		return bad(ReasonMalformed, "\"conversations\" is %s, want a list of turns", jsonKind(r.conversations))
 	}
-	turns := *p.Conversations
-	for i, t := range turns {
-		for _, f := range []struct {
+	if len(r.turns) == 0 {
+		return bad(ReasonNoConversation, "\"conversations\" is empty")
+	}
+	for i, t := range r.turns {
+		if t.kind != '{' {
+			return bad(ReasonMalformed, "turn %d is %s, want an object with \"from\" and \"value\"", i, jsonKind(t.kind))
+		}
+		for _, f := range [...]struct {
 			name string
-			v    probeString
-		}{{"from", t.From}, {"value", t.Value}} {
-			switch f.v.kind {
+			kind byte
+		}{{"from", t.from}, {"value", t.value}} {
+			switch f.kind {
 			case '"':
 			case 0:
 				return bad(ReasonMalformed, "turn %d has no %q", i, f.name)
 			default:
-				return bad(ReasonMalformed, "turn %d: %q is %s, want a string", i, f.name, jsonKind(f.v.kind))
+				return bad(ReasonMalformed, "turn %d: %q is %s, want a string", i, f.name, jsonKind(f.kind))
 			}
 		}
 	}
 	first := 0
-	if !turns[0].From.human {
+	if !r.turns[0].human {
 		first = 1 // TinyLLaVA drops a first turn that is not from "human"
 	}
-	switch n := len(turns) - first; {
+	switch n := len(r.turns) - first; {
 	case n == 0:
 		return bad(ReasonNoConversation, "no question and answer (a single turn, not from \"human\")")
 	case n%2 != 0:
-		return bad(ReasonUnpairedTurns, "%d turns do not pair into questions and answers", len(turns))
+		return bad(ReasonUnpairedTurns, "%d turns do not pair into questions and answers", len(r.turns))
 	}
 	if hasImage && d.opts.CheckImages {
+		path, _, err := d.imagePath(r.image)
+		if err != nil {
+			return bad(ReasonMalformed, "%w", err)
+		}
 		st, err := os.Stat(path)
 		switch {
 		case err != nil:
@@ -213,23 +191,6 @@ func (d *Dataset) openBad(e *RecordError, start int64, lines *lineCounter) error
 	}
 	d.openExamples = append(d.openExamples, *e)
 	return nil
-}
-
-// describeTypeError says which part of a record has the wrong JSON type, in the file's terms.
-func describeTypeError(e *json.UnmarshalTypeError) error {
-	kind := "a " + e.Value
-	if e.Value == "array" || e.Value == "object" {
-		kind = "an " + e.Value
-	}
-	switch {
-	case e.Field == "":
-		return fmt.Errorf("the record is %s, want an object", kind)
-	case e.Type == reflect.TypeFor[probeTurn]():
-		return fmt.Errorf("a turn of %q is %s, want an object with \"from\" and \"value\"", e.Field, kind)
-	case e.Field == "conversations":
-		return fmt.Errorf("\"conversations\" is %s, want a list of turns", kind)
-	}
-	return fmt.Errorf("%q is %s", e.Field, kind)
 }
 
 // syntaxError turns a decoding failure into an error naming the line and column at fault.
