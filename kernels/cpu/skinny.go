@@ -19,11 +19,11 @@ import (
 
 // skinnyMaxRows is the largest m that MatMul sends down the skinny path
 // (transB only); 0 disables the path (benchmarks compare with it off).
-// BenchmarkMatMulSkinny on a 2-core AVX-512 Xeon (shared), packed gemm time
-// over skinny time: 27× at m = 1, 13× at m = 8, 3× at m = 64 and 1.4× at
-// m = 128 for a 2560→2560 weight, but only 1.2× at m = 96 and 0.85× at
-// m = 128 for 10240→2560 (the rows of a no longer fit in L2), and 0.7–0.9×
-// from m = 192 on: 64 keeps a margin of 2× on every shape measured.
+// BenchmarkMatMulSkinny on a 2-core AVX-512 Xeon (shared with other
+// work), packed gemm time over skinny time, F32 weights 2560→2560,
+// 2560→10240 and 10240→2560: 25–30× at m = 1, 6–13× at m = 8, 4–5× at
+// m = 32, 1.2–3× at m = 64; from m = 96 the order depends on the shape
+// (0.85–2.2×) and from m = 192 the packed gemm mostly wins (0.8–1.1×).
 var skinnyMaxRows = 64
 
 // Task sizing of the skinny path: about skinnyTasksPerWorker tasks per
