@@ -1,0 +1,579 @@
+package distill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/matsurgery/matsurgery/dataset"
+	"github.com/matsurgery/matsurgery/kernels"
+	"github.com/matsurgery/matsurgery/kernels/cpu"
+	"github.com/matsurgery/matsurgery/model"
+	"github.com/matsurgery/matsurgery/optim"
+	"github.com/matsurgery/matsurgery/trainlog"
+)
+
+// TrainOptions describe a distillation run (SPEC §1's single stage). The
+// zero values of the numeric fields take the reference recipe's settings
+// (see Recipe); Train fills them in.
+type TrainOptions struct {
+	// Teacher is the original TinyLLaVA checkpoint; needed unless the loss
+	// is cross-entropy only (Loss.Alpha = Loss.Beta = 0).
+	Teacher string
+	// Student is the hybrid checkpoint convert wrote.
+	Student string
+	// Data is a LLaVA-format JSON (or JSON Lines) file; Images the
+	// directory its image paths are relative to ("" = the file's).
+	Data, Images string
+	// Out is the run directory: metrics.jsonl, checkpoints/, losses.png,
+	// run.json and the exported hybrid in final/.
+	Out string
+
+	// Steps is the number of optimiser updates; when 0, Epochs passes over
+	// the data (when both are 0, one epoch).
+	Steps  int
+	Epochs int
+	// Batch samples per micro-batch and Accum micro-batches per update:
+	// an update averages the gradients of Batch·Accum samples.
+	Batch, Accum int
+
+	// LR is the peak learning rate; Schedule the schedule around it
+	// (Kind "" = wsd). Its TotalSteps is set to the run's steps; when its
+	// WarmupSteps is 0, WarmupFraction of the steps warm up.
+	LR             float64
+	Schedule       optim.ScheduleConfig
+	WarmupFraction float64
+	// MaxGradNorm clips the global gradient norm (0: the recipe's 0.1;
+	// negative: no clipping).
+	MaxGradNorm float64
+	// Loss weighs the terms; MaskAnswers counts only the logits rows that
+	// predict answer tokens in the KL term (the reference counts all).
+	Loss        LossConfig
+	MaskAnswers bool
+	// FreezeConnector trains the Mamba mixers only.
+	FreezeConnector bool
+
+	// Seed decides the data order.
+	Seed uint64
+	// SaveEvery writes a checkpoint every so many updates (0: only at the
+	// end and on interruption); Keep keeps that many of the latest (0: 2).
+	SaveEvery, Keep int
+	// Resume continues the run in Out from its latest checkpoint.
+	Resume bool
+	// MaxLength cuts samples to this many tokens (0: the checkpoint's
+	// tokenizer_model_max_length).
+	MaxLength int
+	// OnBadRecord skips bad records or stops the run.
+	OnBadRecord dataset.Policy
+	// Workers bounds the goroutines of each operation (0: GOMAXPROCS).
+	Workers int
+	// NoExport leaves out the final hybrid checkpoint (final/).
+	NoExport bool
+	// Version is written into the export's matsurgery.json.
+	Version string
+
+	// OnStep, when set, sees every update after it is logged.
+	OnStep func(StepReport)
+}
+
+// StepReport is what one update did, for a progress display.
+type StepReport struct {
+	Step, Steps  int // updates done, and in all
+	Record       trainlog.Record
+	Skipped      int // samples of this update left out (bad records)
+	ResumedAt    int // the step the run resumed from (0: a fresh run)
+	TokensInStep int
+}
+
+// TrainResult summarises a run.
+type TrainResult struct {
+	Out         string          `json:"out"`
+	Steps       int             `json:"steps"`       // updates done in all
+	StepsTotal  int             `json:"steps_total"` // updates planned
+	ResumedFrom int             `json:"resumed_from"`
+	Interrupted bool            `json:"interrupted"`
+	Samples     int             `json:"samples"` // dataset size
+	Skipped     int             `json:"skipped"` // bad records left out
+	Final       trainlog.Losses `json:"final_losses"`
+	FirstLoss   float64         `json:"first_loss"` // total loss of this run's first update
+	TokensPerS  float64         `json:"tokens_per_s"`
+	Seconds     float64         `json:"seconds"`
+	Checkpoint  string          `json:"checkpoint"` // the last checkpoint written
+	Export      string          `json:"export,omitempty"`
+	Metrics     string          `json:"metrics"`
+	Plot        string          `json:"plot,omitempty"`
+	Trainable   int64           `json:"trainable_parameters"`
+}
+
+// Recipe returns the reference recipe's options (SPEC §1): AdamW at 2e-4
+// under a warmup–stable–decay schedule (10% warmup, 10% cosine decay),
+// gradient clipping at 0.1, KL + layer L2 with no cross-entropy, one epoch,
+// a global batch of 64 on one machine (1 × 64 accumulation).
+func Recipe() TrainOptions {
+	return TrainOptions{
+		Batch: 1, Accum: 64, LR: 2e-4,
+		Schedule:       optim.ScheduleConfig{Kind: "wsd", DecayFraction: 0.1, DecayShape: "cosine"},
+		WarmupFraction: 0.1, MaxGradNorm: 0.1, Loss: DefaultLoss(), Keep: 2,
+	}
+}
+
+// trainer holds a run's pieces.
+type trainer struct {
+	opts    TrainOptions
+	student *Student
+	params  []*Param
+	oparams []optim.Param
+	teacher *model.Model
+	tbe     kernels.Backend
+	data    *dataset.Dataset
+	batcher *dataset.Batcher
+	opt     *optim.AdamW
+	sched   optim.Schedule
+	steps   int
+	log     *trainlog.Writer
+	dir     runDir
+}
+
+// Train runs (or resumes) a distillation. Cancelling ctx stops it between
+// samples: the last completed update is checkpointed and the result says
+// Interrupted (the error is nil).
+func Train(ctx context.Context, opts TrainOptions) (*TrainResult, error) {
+	t, err := newTrainer(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer t.close()
+	return t.run(ctx)
+}
+
+func (o *TrainOptions) fill() error {
+	r := Recipe()
+	if o.Batch == 0 {
+		o.Batch = r.Batch
+	}
+	if o.Accum == 0 {
+		o.Accum = r.Accum
+	}
+	if o.LR == 0 {
+		o.LR = r.LR
+	}
+	if o.Schedule.Kind == "" {
+		o.Schedule.Kind = r.Schedule.Kind
+		if o.Schedule.DecaySteps == 0 && o.Schedule.DecayFraction == 0 {
+			o.Schedule.DecayFraction = r.Schedule.DecayFraction
+		}
+	}
+	if o.MaxGradNorm == 0 {
+		o.MaxGradNorm = r.MaxGradNorm
+	}
+	if o.Loss == (LossConfig{}) {
+		o.Loss = r.Loss
+	}
+	if o.Loss.Temperature == 0 {
+		o.Loss.Temperature = 1
+	}
+	if o.Keep == 0 {
+		o.Keep = r.Keep
+	}
+	switch {
+	case o.Student == "":
+		return errors.New("distill: no student checkpoint")
+	case o.Data == "":
+		return errors.New("distill: no training data")
+	case o.Out == "":
+		return errors.New("distill: no run directory")
+	case o.Batch < 0 || o.Accum < 0:
+		return fmt.Errorf("distill: batch %d × accumulation %d: both must be positive", o.Batch, o.Accum)
+	case o.Steps < 0 || o.Epochs < 0:
+		return fmt.Errorf("distill: steps %d, epochs %d: must not be negative", o.Steps, o.Epochs)
+	case o.SaveEvery < 0 || o.Keep < 0:
+		return fmt.Errorf("distill: save-every %d, keep %d: must not be negative", o.SaveEvery, o.Keep)
+	case !(o.LR > 0) || math.IsInf(o.LR, 0):
+		return fmt.Errorf("distill: learning rate %g must be positive", o.LR)
+	case o.WarmupFraction < 0 || o.WarmupFraction >= 1:
+		return fmt.Errorf("distill: warmup fraction %g must be in [0, 1)", o.WarmupFraction)
+	case o.Loss.Alpha < 0 || o.Loss.Beta < 0 || o.Loss.Gamma < 0:
+		return fmt.Errorf("distill: loss weights %g, %g, %g must not be negative", o.Loss.Alpha, o.Loss.Beta, o.Loss.Gamma)
+	case o.Loss.Alpha == 0 && o.Loss.Beta == 0 && o.Loss.Gamma == 0:
+		return errors.New("distill: every loss weight is 0: nothing to train")
+	case !(o.Loss.Temperature > 0):
+		return fmt.Errorf("distill: temperature %g must be positive", o.Loss.Temperature)
+	case o.MaxLength < 0:
+		return fmt.Errorf("distill: max length %d must not be negative", o.MaxLength)
+	}
+	if o.needsTeacher() && o.Teacher == "" {
+		return errors.New("distill: the KL and layer terms need a teacher checkpoint")
+	}
+	return nil
+}
+
+func (o *TrainOptions) needsTeacher() bool { return o.Loss.Alpha != 0 || o.Loss.Beta != 0 }
+
+func newTrainer(opts TrainOptions) (_ *trainer, err error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	t := &trainer{opts: opts, dir: runDir(opts.Out)}
+	defer func() {
+		if err != nil {
+			t.close()
+		}
+	}()
+	if err := t.dir.prepare(opts); err != nil {
+		return nil, err
+	}
+	dopts, err := dataset.OptionsFor(opts.Student)
+	if err != nil {
+		return nil, fmt.Errorf("distill: data options from %s: %w", opts.Student, err)
+	}
+	if opts.MaxLength > 0 {
+		dopts.MaxLength = opts.MaxLength
+	}
+	dopts.OnBadRecord = opts.OnBadRecord
+	if t.data, err = dataset.Open(opts.Data, opts.Images, dopts); err != nil {
+		return nil, fmt.Errorf("distill: %w", err)
+	}
+	if t.data.Len() == 0 {
+		return nil, fmt.Errorf("distill: %s holds no usable sample", opts.Data)
+	}
+	if t.batcher, err = dataset.NewBatcher(t.data.Len(), dataset.BatchPlan{Seed: opts.Seed, MicroBatch: opts.Batch, Accumulation: opts.Accum}); err != nil {
+		return nil, fmt.Errorf("distill: %w", err)
+	}
+	t.steps = opts.Steps
+	if t.steps == 0 {
+		e := max(opts.Epochs, 1)
+		t.steps = e * t.batcher.StepsPerEpoch()
+	}
+	sc := opts.Schedule
+	sc.Peak, sc.TotalSteps = opts.LR, t.steps
+	if sc.WarmupSteps == 0 && sc.Kind != "constant" {
+		sc.WarmupSteps = int(math.Round(opts.WarmupFraction * float64(t.steps)))
+	}
+	if t.sched, err = sc.New(); err != nil {
+		return nil, fmt.Errorf("distill: schedule: %w", err)
+	}
+	if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector}); err != nil {
+		return nil, err
+	}
+	t.params = t.student.Params()
+	for _, p := range t.params {
+		t.oparams = append(t.oparams, optim.Param{Name: p.Name, Data: p.Data, Grad: p.Grad, Decay: p.Decay})
+	}
+	if opts.needsTeacher() {
+		t.tbe = cpu.New(opts.Workers)
+		if t.teacher, err = model.Load(opts.Teacher, t.tbe, model.Options{}); err != nil {
+			return nil, fmt.Errorf("distill: teacher: %w", err)
+		}
+		if err := checkPair(t.teacher, t.student); err != nil {
+			return nil, fmt.Errorf("distill: teacher %s and student %s: %w", opts.Teacher, opts.Student, err)
+		}
+	}
+	t.opt = optim.Recipe()
+	t.opt.LR, t.opt.Workers = opts.LR, opts.Workers
+	return t, nil
+}
+
+// checkPair refuses a teacher that cannot have produced the student.
+func checkPair(m *model.Model, s *Student) error {
+	if m.Hybrid != nil {
+		return errors.New("the teacher is itself a hybrid (it has mamba_config.json)")
+	}
+	if m.NumLayers() != s.NumLayers() {
+		return fmt.Errorf("%d decoder layers against %d", m.NumLayers(), s.NumLayers())
+	}
+	if m.ImageTokens() != s.ImageTokens() {
+		return fmt.Errorf("%d image rows against %d", m.ImageTokens(), s.ImageTokens())
+	}
+	tv, sv := m.Config.Text.VocabSize, s.Config.Text.VocabSize
+	if tv != sv || m.Config.Text.HiddenSize != s.Config.Text.HiddenSize {
+		return fmt.Errorf("hidden %d, vocab %d against hidden %d, vocab %d", m.Config.Text.HiddenSize, tv, s.Config.Text.HiddenSize, sv)
+	}
+	return nil
+}
+
+func (t *trainer) close() {
+	if t.log != nil {
+		t.log.Close()
+		t.log = nil
+	}
+	if t.teacher != nil {
+		t.teacher.Close()
+		t.teacher = nil
+	}
+	if t.data != nil {
+		t.data.Close()
+		t.data = nil
+	}
+}
+
+func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
+	o := &t.opts
+	res := &TrainResult{Out: o.Out, StepsTotal: t.steps, Samples: t.data.Len(), Metrics: t.dir.metrics()}
+	for _, p := range t.params {
+		res.Trainable += int64(p.Len())
+	}
+	start := 0
+	var elapsed0 time.Duration
+	if o.Resume {
+		st, path, err := t.dir.loadLatest(t.params, t.opt)
+		if err != nil {
+			return nil, err
+		}
+		if st != nil {
+			start, elapsed0 = st.Step, time.Duration(st.ElapsedNS)
+			res.Checkpoint = path
+		}
+		if t.log, err = trainlog.Resume(t.dir.metrics(), start); err != nil {
+			if !errors.Is(err, os.ErrNotExist) || start != 0 {
+				return nil, fmt.Errorf("distill: resume: %w", err)
+			}
+			t.log, err = trainlog.Create(t.dir.metrics())
+			if err != nil {
+				return nil, fmt.Errorf("distill: %w", err)
+			}
+		}
+	} else {
+		var err error
+		if t.log, err = trainlog.Create(t.dir.metrics()); err != nil {
+			return nil, fmt.Errorf("distill: %w", err)
+		}
+	}
+	res.ResumedFrom, res.Steps = start, start
+	began := time.Now()
+	var tokens int64
+	saved := start
+	for step := start; step < t.steps; step++ {
+		rec, skipped, ntok, err := t.update(ctx, step)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			res.Interrupted = true
+			break
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Skipped += skipped
+		tokens += int64(ntok)
+		if rec == nil { // every sample of the step was a bad record
+			continue
+		}
+		rec.Elapsed = elapsed0 + time.Since(began)
+		if err := t.log.Write(*rec); err != nil {
+			return res, fmt.Errorf("distill: step %d: %w", step+1, err)
+		}
+		if step == start {
+			res.FirstLoss = rec.Losses.Total
+		}
+		res.Final, res.Steps = rec.Losses, step+1
+		if o.OnStep != nil {
+			o.OnStep(StepReport{Step: step + 1, Steps: t.steps, Record: *rec, Skipped: skipped, ResumedAt: start, TokensInStep: ntok})
+		}
+		if o.SaveEvery > 0 && (step+1)%o.SaveEvery == 0 && step+1 < t.steps {
+			path, err := t.dir.save(t.state(step+1, elapsed0+time.Since(began)), t.params, t.opt, o.Keep)
+			if err != nil {
+				return res, err
+			}
+			res.Checkpoint, saved = path, step+1
+		}
+	}
+	res.Seconds = time.Since(began).Seconds()
+	if res.Seconds > 0 {
+		res.TokensPerS = float64(tokens) / res.Seconds
+	}
+	if res.Steps != saved || res.Checkpoint == "" {
+		path, err := t.dir.save(t.state(res.Steps, elapsed0+time.Since(began)), t.params, t.opt, o.Keep)
+		if err != nil {
+			return res, err
+		}
+		res.Checkpoint = path
+	}
+	if err := t.log.Close(); err != nil {
+		return res, fmt.Errorf("distill: %w", err)
+	}
+	t.log = nil
+	if res.Interrupted {
+		return res, nil
+	}
+	if res.Steps > 0 {
+		res.Plot = filepath.Join(o.Out, "losses.png")
+		if err := trainlog.PlotLosses(t.dir.metrics(), res.Plot); err != nil {
+			return res, fmt.Errorf("distill: %w", err)
+		}
+	}
+	if !o.NoExport {
+		res.Export = filepath.Join(o.Out, "final")
+		if err := Export(t.student, res.Export, ExportInfo{Version: o.Version, Teacher: o.Teacher, Data: o.Data,
+			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, Final: res.Final}); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// update runs optimiser step `step` (from 0). It returns nil for a step
+// whose samples were all left out.
+func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, int, error) {
+	o := &t.opts
+	plan, err := t.batcher.Step(step)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("distill: %w", err)
+	}
+	t.student.ZeroGrad()
+	began := time.Now()
+	var sum Losses
+	used, skipped, tokens := 0, 0, 0
+	for _, micro := range plan.Micro {
+		for _, idx := range micro {
+			if err := ctx.Err(); err != nil {
+				return nil, 0, 0, err
+			}
+			smp, err := t.data.Sample(idx)
+			if errors.Is(err, dataset.ErrSkipped) {
+				skipped++
+				continue
+			}
+			if err != nil {
+				return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
+			}
+			ls, n, err := t.sample(smp)
+			if err != nil {
+				return nil, 0, 0, fmt.Errorf("distill: step %d: sample %d (record %d %q): %w", step+1, idx, smp.Record, smp.ID, err)
+			}
+			sum.Total += ls.Total
+			sum.KL += ls.KL
+			sum.Layer += ls.Layer
+			sum.CE += ls.CE
+			used++
+			tokens += n
+		}
+	}
+	if used == 0 {
+		return nil, skipped, 0, nil
+	}
+	// The step's loss is the mean over its samples: scale the summed
+	// gradients alike.
+	inv := float32(1 / float64(used))
+	for _, p := range t.params {
+		for i := range p.Grad {
+			p.Grad[i] *= inv
+		}
+	}
+	var norm float64
+	if o.MaxGradNorm > 0 {
+		norm, err = optim.ClipGlobalNorm(t.oparams, o.MaxGradNorm)
+	} else {
+		norm, err = optim.GlobalNorm(t.oparams)
+	}
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
+	}
+	lr := t.sched.LR(step)
+	if err := t.opt.Step(t.oparams, lr); err != nil {
+		return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
+	}
+	k := float64(used)
+	secs := time.Since(began).Seconds()
+	rec := &trainlog.Record{
+		Step:     step + 1,
+		Epoch:    float64(plan.Epoch) + t.epochFraction(step),
+		Losses:   trainlog.Losses{KL: sum.KL / k, L2: sum.Layer / k, CE: sum.CE / k, Total: sum.Total / k},
+		LR:       lr,
+		GradNorm: norm,
+	}
+	if secs > 0 {
+		rec.TokensPerSec = float64(tokens) / secs
+	}
+	return rec, skipped, tokens, nil
+}
+
+// state is the checkpoint state after step updates.
+func (t *trainer) state(step int, elapsed time.Duration) checkpointState {
+	return checkpointState{Step: step, ElapsedNS: int64(elapsed), DataSeed: t.opts.Seed, Batch: t.opts.Batch, Accum: t.opts.Accum}
+}
+
+// epochFraction is the share of its epoch done after step.
+func (t *trainer) epochFraction(step int) float64 {
+	spe := t.batcher.StepsPerEpoch()
+	return float64(step%spe+1) / float64(spe)
+}
+
+// sample runs one sample forward and backward, accumulating gradients.
+// It returns its losses and its sequence length.
+func (t *trainer) sample(smp dataset.Sample) (Losses, int, error) {
+	o := &t.opts
+	s := t.student
+	labels := spliceLabels(smp.IDs, smp.Labels, s.Config.ImageTokenIndex, s.ImageTokens())
+	in := Input{IDs: smp.IDs, Pixels: smp.Pixels}
+	tg := Targets{Labels: labels}
+	if o.MaskAnswers {
+		tg.Mask = AnswerMask(labels)
+	}
+	if t.teacher != nil {
+		mamba := s.MambaLayers()
+		want := make(map[int]bool, len(mamba))
+		for _, l := range mamba {
+			want[l] = true
+		}
+		if o.Loss.Beta != 0 {
+			in.LayerInputs = make(map[int][]float32, len(mamba))
+			tg.LayerOutputs = make(map[int][]float32, len(mamba))
+		}
+		logits, err := t.teacher.ForwardHooked(smp.Pixels, smp.IDs, func(l int, x, y kernels.Tensor) error {
+			if !want[l] || o.Loss.Beta == 0 {
+				return nil
+			}
+			xi, err := t.tbe.Download(x)
+			if err != nil {
+				return err
+			}
+			yo, err := t.tbe.Download(y)
+			if err != nil {
+				return err
+			}
+			in.LayerInputs[l], tg.LayerOutputs[l] = xi, yo
+			return nil
+		})
+		if err != nil {
+			return Losses{}, 0, fmt.Errorf("teacher: %w", err)
+		}
+		if o.Loss.Alpha != 0 {
+			if tg.Logits, err = t.tbe.Download(logits); err != nil {
+				return Losses{}, 0, fmt.Errorf("teacher logits: %w", err)
+			}
+		}
+	}
+	pass, err := s.Forward(in, true)
+	if err != nil {
+		return Losses{}, 0, err
+	}
+	if len(labels) != pass.Len {
+		return Losses{}, 0, fmt.Errorf("labels cover %d rows, the sequence %d", len(labels), pass.Len)
+	}
+	ls, dlogits, dlayers, err := Objective(o.Loss, pass, tg)
+	if err != nil {
+		return Losses{}, 0, err
+	}
+	if err := s.Backward(pass, dlogits, dlayers); err != nil {
+		return Losses{}, 0, err
+	}
+	return ls, pass.Len, nil
+}
+
+// spliceLabels lays labels given per id over the spliced sequence: each
+// image placeholder becomes rows image rows of IgnoreLabel.
+func spliceLabels(ids, labels []int, placeholder, rows int) []int {
+	out := make([]int, 0, len(ids)+rows)
+	for i, id := range ids {
+		if id == placeholder {
+			for range rows {
+				out = append(out, IgnoreLabel)
+			}
+			continue
+		}
+		out = append(out, labels[i])
+	}
+	return out
+}

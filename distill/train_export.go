@@ -1,0 +1,209 @@
+package distill
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/matsurgery/matsurgery/formats"
+	"github.com/matsurgery/matsurgery/outdir"
+	"github.com/matsurgery/matsurgery/trainlog"
+)
+
+// provenanceName is the file convert writes its provenance to; the export
+// adds a "distill" record to it.
+const provenanceName = "matsurgery.json"
+
+// ExportInfo is the "distill" record of an export's matsurgery.json.
+type ExportInfo struct {
+	Version string          `json:"version,omitempty"`
+	Teacher string          `json:"teacher,omitempty"`
+	Data    string          `json:"data,omitempty"`
+	Steps   int             `json:"steps"`
+	Seed    uint64          `json:"seed"`
+	Loss    LossConfig      `json:"loss"`
+	Final   trainlog.Losses `json:"final_losses"`
+	Date    string          `json:"date,omitempty"`
+}
+
+// MarshalJSON writes the loss configuration with its distance by name.
+func (c LossConfig) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Alpha       float64 `json:"alpha"`
+		Beta        float64 `json:"beta"`
+		Gamma       float64 `json:"gamma"`
+		Temperature float64 `json:"temperature"`
+		Distance    string  `json:"distance"`
+	}{c.Alpha, c.Beta, c.Gamma, c.Temperature, c.Distance.String()})
+}
+
+// Export writes the student as a hybrid checkpoint in out, in exactly the
+// form convert wrote the student's checkpoint: the same tensors, names,
+// dtypes, shapes and shards, the trainable ones replaced by their trained
+// values (rounded to the stored dtype), the same config.json,
+// mamba_config.json, tokenizer and side files, and matsurgery.json with a
+// "distill" record added. out is written atomically (package outdir) and
+// replaced when it exists.
+func Export(s *Student, out string, info ExportInfo) error {
+	if err := export(s, out, info); err != nil {
+		return fmt.Errorf("distill: export %s: %w", out, err)
+	}
+	return nil
+}
+
+func export(s *Student, out string, info ExportInfo) error {
+	ck, err := formats.Open(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	trained := make(map[string]*Param, len(s.params))
+	for _, p := range s.params {
+		trained[p.Name] = p
+	}
+	// Tensors in their files' order, file by file, so the shards come out
+	// as the input's.
+	byFile := map[string][]formats.TensorInfo{}
+	for _, t := range ck.Tensors() {
+		byFile[t.File] = append(byFile[t.File], t)
+	}
+	var specs []formats.TensorSpec
+	var order []formats.TensorInfo
+	var lengths []int
+	for _, f := range ck.Files {
+		ts := byFile[f]
+		slices.SortFunc(ts, func(a, b formats.TensorInfo) int { return int(a.Offset - b.Offset) })
+		for _, t := range ts {
+			specs = append(specs, formats.TensorSpec{Name: t.Name, DType: t.DType, Shape: t.Shape, Bytes: t.Size})
+			order = append(order, t)
+		}
+		if len(ts) > 0 {
+			lengths = append(lengths, len(ts))
+		}
+	}
+	for name, p := range trained {
+		t, ok := ck.Tensor(name)
+		if !ok {
+			return fmt.Errorf("trained tensor %s is not in %s", name, s.Dir)
+		}
+		if t.NumElements() != int64(p.Len()) {
+			return fmt.Errorf("trained tensor %s: %d values, %s holds %d", name, p.Len(), s.Dir, t.NumElements())
+		}
+	}
+	dir, err := outdir.Create(out)
+	if err != nil {
+		return err
+	}
+	defer dir.Remove()
+	opts := formats.WriterOptions{Metadata: ck.Metadata}
+	if len(ck.Files) > 1 {
+		opts.ShardLengths = lengths
+	}
+	w, err := formats.NewWriter(dir.Path, specs, opts)
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	for _, t := range order {
+		p, ok := trained[t.Name]
+		if !ok {
+			sec, err := ck.Section(t.Name)
+			if err != nil {
+				return err
+			}
+			if err := w.Write(t.Name, sec); err != nil {
+				return fmt.Errorf("tensor %s: %w", t.Name, err)
+			}
+			continue
+		}
+		buf := make([]byte, t.Size)
+		if err := formats.EncodeFloat32(t.DType, p.Data, buf); err != nil {
+			return fmt.Errorf("tensor %s: %w", t.Name, err)
+		}
+		if err := w.WriteBytes(t.Name, buf); err != nil {
+			return fmt.Errorf("tensor %s: %w", t.Name, err)
+		}
+	}
+	if err := w.Commit(); err != nil {
+		return err
+	}
+	if err := copySides(s.Dir, dir.Path); err != nil {
+		return err
+	}
+	if err := writeProvenance(s.Dir, dir.Path, info); err != nil {
+		return err
+	}
+	return dir.Commit()
+}
+
+// copySides copies the student's files other than its tensors, index and
+// provenance (tokenizer, config.json, mamba_config.json, …).
+func copySides(src, dst string) error {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".safetensors") || n == "model.safetensors.index.json" ||
+			n == provenanceName || !e.Type().IsRegular() {
+			continue
+		}
+		if err := copyRegular(filepath.Join(src, n), filepath.Join(dst, n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func copyRegular(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// writeProvenance writes the student's matsurgery.json (or a new one) with
+// the "distill" record set.
+func writeProvenance(src, dst string, info ExportInfo) error {
+	prov := map[string]any{}
+	b, err := os.ReadFile(filepath.Join(src, provenanceName))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &prov); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(src, provenanceName), err)
+		}
+	case os.IsNotExist(err):
+		prov["tool"] = "matsurgery"
+	default:
+		return err
+	}
+	if info.Date == "" {
+		info.Date = time.Now().UTC().Format(time.RFC3339)
+	}
+	prov["distill"] = info
+	out, err := json.MarshalIndent(prov, "", "  ")
+	if err != nil {
+		return err
+	}
+	return outdir.WriteFile(filepath.Join(dst, provenanceName), append(out, '\n'))
+}
