@@ -10,7 +10,7 @@
 //
 // Open reads the file once as a stream, checks each record's shape (conversations that pair into
 // questions and answers, string fields, optionally that the image file exists) and keeps only where
-// each record lies in the file, so opening LLaVA-1.5's 665K-record file needs a few megabytes. Sample
+// each record lies in the file (16 bytes a record: 10 MB for LLaVA-1.5's 665K records). Sample
 // reads one record again, tokenizes it with TinyLLaVA's template (package prompt), and decodes and
 // preprocesses its picture (package images) only then.
 //
@@ -134,7 +134,7 @@ type Options struct {
 	// Template is set.
 	Family formats.Family
 	// Template, when set, is used instead of Family's default (e.g. after ApplyTokenizerConfig, which
-	// TinyLlama needs for its "legacy": false).
+	// TinyLlama needs for its "legacy": false), its ModelMaxLength as it is (OptionsFor sets it).
 	Template *prompt.Template
 	// Tokenizer encodes the prompts. Required.
 	Tokenizer *tokenizer.Tokenizer
@@ -146,7 +146,10 @@ type Options struct {
 	// LOAD_TRUNCATED_IMAGES, which is AllowTruncated (OptionsFor sets it).
 	ImageLoad images.LoadOptions
 	// MaxLength cuts ids and labels to this many tokens, as TinyLLaVA's collator cuts them to
-	// tokenizer_model_max_length (the −200 placeholder counts as one token). 0: no cut.
+	// tokenizer_model_max_length (the −200 placeholder counts as one token). 0: no cut. Without a
+	// Template it is also the template's ModelMaxLength (TinyLLaVA skips its label recount for
+	// prompts that reach it). TinyLLaVA's model cuts once more after putting the picture's rows in
+	// place of the placeholder (to tokenizer_model_max_length embeddings): that cut is the model's.
 	MaxLength int
 	// OnBadRecord is Stop (the zero value) or Skip.
 	OnBadRecord Policy
@@ -238,10 +241,11 @@ func (r Record) Question() (question, answer string, err error) {
 	return q, r.Conversations[first+1].Value, nil
 }
 
-// location is where a kept record lies in the file.
+// location is where a kept record lies in the file: 16 bytes a record, 10 MB for LLaVA-1.5's 665K.
 type location struct {
-	start, end int64 // [start, end) holds the record, possibly after a comma and white space
-	record     int
+	start  int64  // [start, start+length) holds the record, possibly after a comma and white space
+	length uint32 // bytes
+	record int32  // position of the record in the file
 }
 
 // Dataset is an opened LLaVA data file. Its methods are safe for concurrent use.
@@ -382,13 +386,13 @@ func (d *Dataset) readRecord(i int) (fullRecord, location, error) {
 		return rec, location{}, fmt.Errorf("dataset %s: sample %d out of range [0, %d)", d.path, i, len(d.kept))
 	}
 	loc := d.kept[i]
-	buf := make([]byte, loc.end-loc.start)
+	buf := make([]byte, loc.length)
 	if _, err := d.file.ReadAt(buf, loc.start); err != nil {
 		return rec, loc, fmt.Errorf("dataset %s: record %d: %w", d.path, loc.record, err)
 	}
 	buf = trimSeparator(buf)
 	if err := json.Unmarshal(buf, &rec); err != nil {
-		return rec, loc, fmt.Errorf("dataset %s: %w", d.path, &RecordError{Record: loc.record, Reason: ReasonMalformed,
+		return rec, loc, fmt.Errorf("dataset %s: %w", d.path, &RecordError{Record: int(loc.record), Reason: ReasonMalformed,
 			Err: fmt.Errorf("%w (did the file change after Open?)", err)})
 	}
 	return rec, loc, nil
@@ -413,9 +417,9 @@ func (d *Dataset) Record(i int) (Record, error) {
 	id, _ := recordID(rec.ID)
 	img, _, err := d.imagePath(rec.Image)
 	if err != nil {
-		return Record{}, fmt.Errorf("dataset %s: %w", d.path, &RecordError{Record: loc.record, ID: id, Reason: ReasonMalformed, Err: err})
+		return Record{}, fmt.Errorf("dataset %s: %w", d.path, &RecordError{Record: int(loc.record), ID: id, Reason: ReasonMalformed, Err: err})
 	}
-	return Record{Index: loc.record, ID: id, Image: img, Conversations: rec.Conversations}, nil
+	return Record{Index: int(loc.record), ID: id, Image: img, Conversations: rec.Conversations}, nil
 }
 
 // recordID turns a JSON id (a string or a number) into text.
@@ -489,10 +493,10 @@ func (d *Dataset) Sample(i int) (Sample, error) {
 	}
 	id, err := recordID(rec.ID)
 	if err != nil {
-		return Sample{}, d.bad(i, &RecordError{Record: loc.record, Reason: ReasonMalformed, Err: err})
+		return Sample{}, d.bad(i, &RecordError{Record: int(loc.record), Reason: ReasonMalformed, Err: err})
 	}
 	fail := func(reason Reason, err error) (Sample, error) {
-		return Sample{}, d.bad(i, &RecordError{Record: loc.record, ID: id, Reason: reason, Err: err})
+		return Sample{}, d.bad(i, &RecordError{Record: int(loc.record), ID: id, Reason: reason, Err: err})
 	}
 	imgPath, hasImage, err := d.imagePath(rec.Image)
 	if err != nil {
@@ -521,10 +525,10 @@ func (d *Dataset) Sample(i int) (Sample, error) {
 			hasImage = false // the cut removed the placeholder: the picture would not be used
 		}
 	}
-	s := Sample{ID: id, Record: loc.record, IDs: ids, Labels: labels}
+	s := Sample{ID: id, Record: int(loc.record), IDs: ids, Labels: labels}
 	if hasImage {
 		img, err := images.LoadWithOptions(imgPath, d.opts.ImageLoad)
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 			return fail(ReasonMissingImage, err)
 		}
 		if err != nil {

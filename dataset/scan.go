@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 )
 
@@ -56,6 +57,9 @@ func (d *Dataset) scan() error {
 	var raw json.RawMessage // reused: the decoder appends each record into it
 	var shape recordShape
 	for ; ; record++ {
+		if record == math.MaxInt32 {
+			return fmt.Errorf("dataset %s: more than %d records", d.path, math.MaxInt32)
+		}
 		if inArray && !dec.More() {
 			break
 		}
@@ -75,7 +79,10 @@ func (d *Dataset) scan() error {
 			}
 			continue
 		}
-		d.kept = append(d.kept, location{start: start, end: end, record: record})
+		if end-start > math.MaxUint32 {
+			return fmt.Errorf("dataset %s: record %d is %d bytes long, more than the %d supported", d.path, record, end-start, uint32(math.MaxUint32))
+		}
+		d.kept = append(d.kept, location{start: start, length: uint32(end - start), record: int32(record)})
 	}
 	d.total = record
 	if !inArray {
@@ -89,7 +96,10 @@ func (d *Dataset) scan() error {
 		} else if err != nil {
 			what = err.Error()
 		}
-		return d.positionError(lines, at, fmt.Sprintf("%s (after record %d)", what, record-1))
+		if record > 0 {
+			what += fmt.Sprintf(" (after record %d)", record-1)
+		}
+		return d.positionError(lines, at, what)
 	}
 	end := base + dec.InputOffset()
 	if extra, ok, err := firstNonSpace(d.file, end, size); err != nil {
