@@ -186,6 +186,9 @@ func TestOpenAndSample(t *testing.T) {
 	if r := d.Skipped(); r.Total() != 0 {
 		t.Errorf("skipped %v", r.Counts)
 	}
+	if got := d.Order(3, 1); !slices.Equal(got, Permutation(4, 3, 1)) {
+		t.Errorf("Order(3, 1) = %v, want Permutation(4, 3, 1)", got)
+	}
 	if _, err := d.Sample(4); err == nil || errors.Is(err, ErrSkipped) {
 		t.Errorf("sample out of range: %v", err)
 	}
