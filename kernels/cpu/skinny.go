@@ -19,12 +19,22 @@ import (
 
 // skinnyMaxRows is the largest m that MatMul sends down the skinny path
 // (transB only); 0 disables the path (benchmarks compare with it off).
+// It is skinnyMaxRowsAsm with assembly kernels, skinnyMaxRowsGo without.
+var skinnyMaxRows = skinnyMaxRowsGo
+
 // BenchmarkMatMulSkinny on a 2-core AVX-512 Xeon (shared with other
 // work), packed gemm time over skinny time, F32 weights 2560→2560,
 // 2560→10240 and 10240→2560: 25–30× at m = 1, 6–13× at m = 8, 4–5× at
 // m = 32, 1.2–3× at m = 64; from m = 96 the order depends on the shape
 // (0.85–2.2×) and from m = 192 the packed gemm mostly wins (0.8–1.1×).
-var skinnyMaxRows = 64
+// The portable kernels against gonum's sgemm (its SSE dot products, or
+// pure Go with -tags noasm), 2560→2560: ahead at m = 1 and 2 (F32 about
+// 1.1–1.4×, BF16 about 2× as gonum needs the weights widened), behind
+// or even from m = 4.
+const (
+	skinnyMaxRowsAsm = 64
+	skinnyMaxRowsGo  = 2
+)
 
 // Task sizing of the skinny path: about skinnyTasksPerWorker tasks per
 // worker (uneven cores balance through the shared task counter), each of

@@ -38,8 +38,10 @@ func init() {
 	switch {
 	case cpu.X86.HasAVX512F:
 		skinnyF32, skinnyBF16, skinnyName = skinnyF32AVX512, skinnyBF16AVX512, "avx512"
+		skinnyMaxRows = skinnyMaxRowsAsm
 	case cpu.X86.HasAVX2 && cpu.X86.HasFMA:
 		skinnyF32, skinnyBF16, skinnyName = skinnyF32AVX2, skinnyBF16AVX2, "avx2+fma"
+		skinnyMaxRows = skinnyMaxRowsAsm
 	}
 }
 

@@ -26,12 +26,13 @@ var testSkinnyKernels = map[string]skinnyKernelSet{
 	"go": {skinnyF32Go, skinnyBF16Go},
 }
 
-// withSkinny runs fn with the given kernels in use, restoring the active
-// ones afterwards.
+// withSkinny runs fn with the given kernels in use on up to
+// skinnyMaxRowsAsm rows, whatever the platform, restoring the active ones
+// afterwards.
 func withSkinny(set skinnyKernelSet, fn func()) {
-	savedF, savedB := skinnyF32, skinnyBF16
-	defer func() { skinnyF32, skinnyBF16 = savedF, savedB }()
-	skinnyF32, skinnyBF16 = set.f32, set.bf16
+	savedF, savedB, savedRows := skinnyF32, skinnyBF16, skinnyMaxRows
+	defer func() { skinnyF32, skinnyBF16, skinnyMaxRows = savedF, savedB, savedRows }()
+	skinnyF32, skinnyBF16, skinnyMaxRows = set.f32, set.bf16, skinnyMaxRowsAsm
 	fn()
 }
 
@@ -175,9 +176,6 @@ func randArray(rng *rand.Rand, wdt kernels.DType, shape ...int) *reference.Array
 // reference, m = 1…9, odd n and k, F32 and BF16 weights; with transB off
 // the same shapes take the packed gemm and must agree as well.
 func TestMatMulSkinny(t *testing.T) {
-	if skinnyMaxRows < 9 {
-		t.Fatalf("skinnyMaxRows = %d: the cases below would not reach the skinny path", skinnyMaxRows)
-	}
 	tol := conformance.DefaultTolerances()
 	rng := rand.New(rand.NewPCG(23, 24))
 	be := New(3)
