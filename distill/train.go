@@ -223,9 +223,6 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 			t.close()
 		}
 	}()
-	if err := t.dir.prepare(opts); err != nil {
-		return nil, err
-	}
 	dopts, err := dataset.OptionsFor(opts.Student)
 	if err != nil {
 		return nil, fmt.Errorf("distill: data options from %s: %w", opts.Student, err)
@@ -274,6 +271,10 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	}
 	t.opt = optim.Recipe()
 	t.opt.LR, t.opt.Workers = opts.LR, opts.Workers
+	// The run directory is made only once everything has loaded.
+	if err := t.dir.prepare(opts); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/matsurgery/matsurgery/dataset"
+	"github.com/matsurgery/matsurgery/distill"
+	"github.com/matsurgery/matsurgery/optim"
+)
+
+// DistillCmd is `matsurgery distill`.
+type DistillCmd struct {
+	Teacher string `help:"Teacher checkpoint (the model the student was converted from); not needed for a cross-entropy-only run." type:"existingdir"`
+	Student string `help:"Hybrid checkpoint to train (convert's output)." required:"" type:"existingdir"`
+	Data    string `help:"Training data: a LLaVA-format JSON array or JSON Lines file." required:"" type:"existingfile"`
+	Images  string `help:"Directory the data's image paths are relative to (default: the data file's)." type:"existingdir"`
+	Out     string `help:"Run directory: checkpoints, metrics.jsonl, losses.png and the distilled hybrid in final/." required:""`
+
+	Steps  int `help:"Optimiser updates (default: --epochs passes over the data)."`
+	Epochs int `help:"Passes over the data." default:"1"`
+	Batch  int `help:"Samples per micro-batch." default:"1"`
+	Accum  int `help:"Micro-batches per update (gradient accumulation); an update averages batch×accum samples." default:"64"`
+
+	LR          float64 `help:"Peak learning rate." default:"2e-4" name:"lr"`
+	Schedule    string  `help:"Learning-rate schedule: wsd (warmup–stable–decay), cosine, warmup, constant." default:"wsd" enum:"wsd,cosine,warmup,constant"`
+	Warmup      float64 `help:"Warmup, as a fraction of the updates (below 1) or a number of updates." default:"0.1"`
+	Decay       float64 `help:"wsd: decay phase, as a fraction of the updates (below 1) or a number of updates." default:"0.1"`
+	MinLR       float64 `help:"Learning rate at the end of the decay (wsd, cosine)." default:"0" name:"min-lr"`
+	MaxGradNorm float64 `help:"Clip the global gradient norm to this (0: no clipping)." default:"0.1"`
+
+	Alpha       float64 `help:"Weight of KL(teacher‖student) on the logits." default:"1"`
+	Beta        float64 `help:"Weight of the layer term Σ‖S_l(x)−T_l(x)‖ on the teacher's layer inputs." default:"1"`
+	Gamma       float64 `help:"Weight of the cross-entropy on the answer tokens." default:"0"`
+	Temperature float64 `help:"Temperature of the KL term." default:"1"`
+	Distance    string  `help:"Layer distance: l2 (the reference's un-squared norm), squared, mse." default:"l2" enum:"l2,squared,mse"`
+	MaskAnswers bool    `help:"Count only the rows that predict answer tokens in the KL term (the reference counts every row)."`
+
+	Trainable      string `help:"What trains: mamba (the Mamba-2 mixers, with the connector unless --no-train-connector)." default:"mamba" enum:"mamba,all"`
+	TrainConnector bool   `help:"Train the mlp2x_gelu connector too." default:"true" negatable:""`
+
+	Seed        uint64 `help:"Seed of the data order." default:"0"`
+	SaveEvery   int    `help:"Checkpoint every so many updates (0: at the end and on Ctrl-C only)." default:"500"`
+	Keep        int    `help:"Checkpoints kept (the latest)." default:"2"`
+	Resume      bool   `help:"Continue the run in --out from its latest checkpoint (bit for bit)."`
+	MaxLength   int    `help:"Cut samples to this many tokens (default: the checkpoint's tokenizer_model_max_length)."`
+	OnBadRecord string `help:"A bad data record: skip it (counted) or stop." default:"skip" enum:"skip,stop"`
+	Workers     int    `help:"Goroutines per operation (0: every core)." default:"0"`
+	NoExport    bool   `help:"Do not write the distilled hybrid (final/)."`
+}
+
+func (c *DistillCmd) Run(g *Globals) error {
+	if c.Trainable == "all" {
+		return fmt.Errorf("--trainable all: training every parameter of a plain teacher is not implemented yet; use --trainable mamba")
+	}
+	policy, err := dataset.ParsePolicy(c.OnBadRecord)
+	if err != nil {
+		return fmt.Errorf("--on-bad-record: %w", err)
+	}
+	dist := map[string]distill.LayerDistance{"l2": distill.L2Norm, "squared": distill.SquaredL2, "mse": distill.MeanSquared}[c.Distance]
+	o := distill.TrainOptions{
+		Teacher: c.Teacher, Student: c.Student, Data: c.Data, Images: c.Images, Out: c.Out,
+		Steps: c.Steps, Epochs: c.Epochs, Batch: c.Batch, Accum: c.Accum, LR: c.LR,
+		Schedule:    optim.ScheduleConfig{Kind: c.Schedule, Min: c.MinLR},
+		MaxGradNorm: c.MaxGradNorm,
+		Loss:        distill.LossConfig{Alpha: c.Alpha, Beta: c.Beta, Gamma: c.Gamma, Temperature: c.Temperature, Distance: dist},
+		MaskAnswers: c.MaskAnswers, FreezeConnector: !c.TrainConnector,
+		Seed: c.Seed, SaveEvery: c.SaveEvery, Keep: c.Keep, Resume: c.Resume, MaxLength: c.MaxLength,
+		OnBadRecord: policy, Workers: c.Workers, NoExport: c.NoExport, Version: toolVersion(),
+	}
+	if c.MaxGradNorm == 0 {
+		o.MaxGradNorm = -1
+	}
+	if c.Steps > 0 {
+		o.Epochs = 0
+	}
+	switch {
+	case c.Warmup < 0 || c.Decay < 0:
+		return fmt.Errorf("--warmup %g, --decay %g: must not be negative", c.Warmup, c.Decay)
+	case c.Warmup < 1:
+		o.WarmupFraction = c.Warmup
+	default:
+		o.Schedule.WarmupSteps = int(c.Warmup)
+	}
+	if c.Decay < 1 {
+		o.Schedule.DecayFraction = c.Decay
+	} else {
+		o.Schedule.DecaySteps = int(c.Decay)
+	}
+	if c.Schedule != "wsd" {
+		o.Schedule.DecayFraction, o.Schedule.DecaySteps = 0, 0
+	}
+	if c.Alpha == 0 && c.Beta == 0 && c.Teacher != "" {
+		o.Teacher = "" // cross-entropy only: the teacher is not run
+	}
+	bar := g.stepBar()
+	o.OnStep = bar.step
+	res, err := distill.Train(g.ctx, o)
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	if g.JSON {
+		if err := g.printJSON(res); err != nil {
+			return err
+		}
+	} else {
+		if res.ResumedFrom > 0 {
+			g.say("resumed at step %d from %s\n", res.ResumedFrom, res.Checkpoint)
+		}
+		if res.Steps > res.ResumedFrom {
+			g.say("trained %d of %d steps in %.1fs (%.0f tokens/s): loss %.5g → %.5g (KL %.4g, layer %.4g, CE %.4g)\n",
+				res.Steps, res.StepsTotal, res.Seconds, res.TokensPerS, res.FirstLoss, res.Final.Total, res.Final.KL, res.Final.L2, res.Final.CE)
+		}
+		if res.Skipped > 0 {
+			g.say("skipped %d bad samples\n", res.Skipped)
+		}
+		g.say("checkpoint %s\n", res.Checkpoint)
+		if res.Plot != "" {
+			g.say("metrics %s, curves %s\n", res.Metrics, res.Plot)
+		}
+		if res.Export != "" {
+			g.say("wrote %s\n", res.Export)
+		}
+	}
+	if res.Interrupted {
+		fmt.Fprintf(g.stderr, "interrupted at step %d: continue with --resume\n", res.Steps)
+		return exitError{130}
+	}
+	return nil
+}
+
+// stepBar is a progress bar of training updates on a terminal's stderr,
+// showing the loss and the tokens/s; silent elsewhere.
+type stepBar struct {
+	g *Globals
+	p *progressbar.ProgressBar
+}
+
+func (g *Globals) stepBar() *stepBar { return &stepBar{g: g} }
+
+func (b *stepBar) step(r distill.StepReport) {
+	if b.g.Quiet || b.g.JSON || !isTerminal(b.g.stderr) {
+		return
+	}
+	if b.p == nil {
+		b.p = progressbar.NewOptions(r.Steps,
+			progressbar.OptionSetWriter(b.g.stderr),
+			progressbar.OptionSetWidth(25),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100_000_000),
+			progressbar.OptionClearOnFinish(),
+		)
+		b.p.Set(r.ResumedAt)
+	}
+	var terms []string
+	if l := r.Record.Losses; l.KL != 0 || l.L2 != 0 {
+		terms = append(terms, fmt.Sprintf("kl %.3g l2 %.3g", l.KL, l.L2))
+	}
+	if r.Record.Losses.CE != 0 {
+		terms = append(terms, fmt.Sprintf("ce %.3g", r.Record.Losses.CE))
+	}
+	b.p.Describe(fmt.Sprintf("loss %.4g (%s) %.0f tok/s", r.Record.Losses.Total, strings.Join(terms, " "), r.Record.TokensPerSec))
+	b.p.Set(r.Step)
+}
+
+func (b *stepBar) finish() {
+	if b.p != nil {
+		b.p.Finish()
+		b.p = nil
+	}
+}
