@@ -56,6 +56,11 @@ type TrainOptions struct {
 	MaskAnswers bool
 	// FreezeConnector trains the Mamba mixers only.
 	FreezeConnector bool
+	// TrainAll trains every parameter but the vision tower's, on the
+	// cross-entropy alone (no teacher): Student may then be a plain
+	// TinyLLaVA checkpoint (see train_full.go). The loss must be Gamma
+	// only; the zero LossConfig means γ = 1.
+	TrainAll bool
 
 	// Seed decides the data order.
 	Seed uint64
@@ -125,6 +130,7 @@ func Recipe() TrainOptions {
 type trainer struct {
 	opts    TrainOptions
 	student *Student
+	full    *fullModel // TrainAll
 	params  []*Param
 	oparams []optim.Param
 	teacher *model.Model
@@ -169,6 +175,14 @@ func (o *TrainOptions) fill() error {
 	}
 	if o.MaxGradNorm == 0 {
 		o.MaxGradNorm = r.MaxGradNorm
+	}
+	if o.TrainAll {
+		if o.Loss == (LossConfig{}) {
+			o.Loss = LossConfig{Gamma: 1, Temperature: 1}
+		}
+		if o.Loss.Alpha != 0 || o.Loss.Beta != 0 || o.Loss.Gamma == 0 {
+			return errTrainAllLoss
+		}
 	}
 	if o.Loss == (LossConfig{}) {
 		o.Loss = r.Loss
@@ -253,7 +267,12 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	if t.sched, err = sc.New(); err != nil {
 		return nil, fmt.Errorf("distill: schedule: %w", err)
 	}
-	if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector}); err != nil {
+	if opts.TrainAll {
+		if t.full, err = loadFull(opts.Student, Options{Workers: opts.Workers}); err != nil {
+			return nil, err
+		}
+		t.student = t.full.s
+	} else if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector}); err != nil {
 		return nil, err
 	}
 	t.params = t.student.Params()
@@ -422,7 +441,11 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("distill: %w", err)
 	}
-	t.student.ZeroGrad()
+	if t.full != nil {
+		t.full.zeroGrad()
+	} else {
+		t.student.ZeroGrad()
+	}
 	began := time.Now()
 	var sum Losses
 	used, skipped, tokens := 0, 0, 0
@@ -507,6 +530,9 @@ func (t *trainer) sample(smp dataset.Sample) (Losses, int, error) {
 	o := &t.opts
 	s := t.student
 	labels := spliceLabels(smp.IDs, smp.Labels, s.Config.ImageTokenIndex, s.ImageTokens())
+	if t.full != nil {
+		return t.full.sample(smp.IDs, labels, smp.Pixels)
+	}
 	in := Input{IDs: smp.IDs, Pixels: smp.Pixels}
 	tg := Targets{Labels: labels}
 	if o.MaskAnswers {

@@ -52,6 +52,7 @@ type runIdentity struct {
 	LR              float64 `json:"lr"`
 	Schedule        string  `json:"schedule"`
 	FreezeConnector bool    `json:"freeze_connector"`
+	TrainAll        bool    `json:"train_all,omitempty"`
 	Alpha           float64 `json:"alpha"`
 	Beta            float64 `json:"beta"`
 	Gamma           float64 `json:"gamma"`
@@ -72,7 +73,7 @@ func identityOf(o TrainOptions) runIdentity {
 	}
 	return runIdentity{Student: abs(o.Student), Teacher: abs(o.Teacher), Data: abs(o.Data), Seed: o.Seed,
 		Batch: o.Batch, Accum: o.Accum, Steps: o.Steps, Epochs: o.Epochs, LR: o.LR, Schedule: o.Schedule.Kind,
-		FreezeConnector: o.FreezeConnector, Alpha: o.Loss.Alpha, Beta: o.Loss.Beta, Gamma: o.Loss.Gamma,
+		FreezeConnector: o.FreezeConnector, TrainAll: o.TrainAll, Alpha: o.Loss.Alpha, Beta: o.Loss.Beta, Gamma: o.Loss.Gamma,
 		Temperature: o.Loss.Temperature, MaskAnswers: o.MaskAnswers, MaxLength: o.MaxLength}
 }
 
