@@ -14,7 +14,7 @@ import (
 // DistillCmd is `matsurgery distill`.
 type DistillCmd struct {
 	Teacher string `help:"Teacher checkpoint (the model the student was converted from); not needed for a cross-entropy-only run." type:"existingdir"`
-	Student string `help:"Hybrid checkpoint to train (convert's output)." required:"" type:"existingdir"`
+	Student string `help:"Hybrid checkpoint to train (convert's output); with --trainable all, any TinyLLaVA checkpoint." required:"" type:"existingdir"`
 	Data    string `help:"Training data: a LLaVA-format JSON array or JSON Lines file." required:"" type:"existingfile"`
 	Images  string `help:"Directory the data's image paths are relative to (default: the data file's)." type:"existingdir"`
 	Out     string `help:"Run directory: checkpoints, metrics.jsonl, losses.png and the distilled hybrid in final/." required:""`
@@ -38,7 +38,7 @@ type DistillCmd struct {
 	Distance    string  `help:"Layer distance: l2 (the reference's un-squared norm), squared, mse." default:"l2" enum:"l2,squared,mse"`
 	MaskAnswers bool    `help:"Count only the rows that predict answer tokens in the KL term (the reference counts every row)."`
 
-	Trainable      string `help:"What trains: mamba (the Mamba-2 mixers, with the connector unless --no-train-connector)." default:"mamba" enum:"mamba,all"`
+	Trainable      string `help:"What trains: mamba (the Mamba-2 mixers, with the connector unless --no-train-connector), or all (every parameter but the vision tower's, on the cross-entropy alone, no teacher: to train or fine-tune a plain checkpoint given as --student)." default:"mamba" enum:"mamba,all"`
 	TrainConnector bool   `help:"Train the mlp2x_gelu connector too." default:"true" negatable:""`
 
 	Seed        uint64 `help:"Seed of the data order." default:"0"`
@@ -52,8 +52,8 @@ type DistillCmd struct {
 }
 
 func (c *DistillCmd) Run(g *Globals) error {
-	if c.Trainable == "all" {
-		return fmt.Errorf("--trainable all: training every parameter of a plain teacher is not implemented yet; use --trainable mamba")
+	if c.Trainable == "all" && (c.Alpha != 1 || c.Beta != 1 || c.Gamma != 0) && (c.Alpha != 0 || c.Beta != 0) {
+		return fmt.Errorf("--trainable all trains on the cross-entropy only: leave --alpha, --beta and --gamma at their defaults or set --alpha 0 --beta 0")
 	}
 	policy, err := dataset.ParsePolicy(c.OnBadRecord)
 	if err != nil {
@@ -92,7 +92,13 @@ func (c *DistillCmd) Run(g *Globals) error {
 	if c.Schedule != "wsd" {
 		o.Schedule.DecayFraction, o.Schedule.DecaySteps = 0, 0
 	}
-	if c.Alpha == 0 && c.Beta == 0 && c.Teacher != "" {
+	if c.Trainable == "all" {
+		o.TrainAll, o.Loss = true, distill.LossConfig{Gamma: max(c.Gamma, 1), Temperature: 1}
+		if c.Gamma > 0 {
+			o.Loss.Gamma = c.Gamma
+		}
+	}
+	if o.Loss.Alpha == 0 && o.Loss.Beta == 0 && c.Teacher != "" {
 		o.Teacher = "" // cross-entropy only: the teacher is not run
 	}
 	bar := g.stepBar()
