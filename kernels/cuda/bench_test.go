@@ -246,8 +246,17 @@ func BenchmarkSSDChunkScan(b *testing.B) {
 	}
 }
 
-// BenchmarkSSDChunkScanVariants: the tensor-core scan compiled with other
-// register budgets (SSD_MINB blocks per multiprocessor).
+// tcSharedBytesV1 is ssd_tc_v1.cu's dynamic shared memory (the state as
+// bf16 hi + lo in shared memory on top of ssd_tc.cu's buffers).
+func tcSharedBytesV1(q, pb, n int) int {
+	return tcSharedBytes(q, pb, n) + 2*2*pb*pad16(n)
+}
+
+// BenchmarkSSDChunkScanVariants: the tensor-core scan against its previous
+// version (ssd_tc_v1.cu) on the same inputs, other chunk lengths, and the
+// current kernel with stages left out (SSD_SKIP; wrong results, for the
+// time breakdown only). Complete variants are checked against the
+// sequential recurrence.
 func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	be := benchBackend(b)
 	rng := rand.New(rand.NewPCG(19, 20))
@@ -256,27 +265,79 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	A := randomTensor(b, be, rng, kernels.F32, -16, -1, benchH)
 	B := randomTensor(b, be, rng, kernels.BF16, -1, 1, benchB, benchL, benchH, benchN)
 	C := randomTensor(b, be, rng, kernels.BF16, -1, 1, benchB, benchL, benchH, benchN)
+	D := randomTensor(b, be, rng, kernels.F32, 0.5, 1.5, benchH)
 	y, err := be.Alloc(kernels.F32, benchB, benchL, benchH, benchP)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer be.Free(y)
-	s := &scan{y: y.(*Tensor), x: x.(*Tensor), dt: dt.(*Tensor), A: A.(*Tensor), B: B.(*Tensor), C: C.(*Tensor),
+	yr, err := be.Alloc(kernels.F32, benchB, benchL, benchH, benchP)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Free(yr)
+	if err := be.SSDRecurrence(yr, x, dt, A, B, C, D, nil); err != nil {
+		b.Fatal(err)
+	}
+	want := downloadF64(b, be, yr)
+	s := &scan{y: y.(*Tensor), x: x.(*Tensor), dt: dt.(*Tensor), A: A.(*Tensor), B: B.(*Tensor), C: C.(*Tensor), D: D.(*Tensor),
 		nb: benchB, l: benchL, h: benchH, p: benchP, n: benchN, hx: benchH, hb: benchH, hc: benchH}
-	for _, v := range []struct{ chunk, minb int }{{64, 1}, {32, 3}} {
-		b.Run(fmt.Sprintf("chunk=%d/minblocks=%d", v.chunk, v.minb), func(b *testing.B) {
-			def := fmt.Sprintf("SSD_MINB=%d", v.minb)
-			pb := be.tcSplit(benchB, benchH, benchP, benchN, v.chunk)
+	type variant struct {
+		name, mod, fn string
+		chunk         int
+		smem          func(q, pb, n int) int
+		defs          []string
+	}
+	vs := []variant{
+		{"v1", "ssd_tc_v1", "k_ssd_tc_v1", 64, tcSharedBytesV1, nil},
+		{"v2", "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, nil},
+		{"v1-again", "ssd_tc_v1", "k_ssd_tc_v1", 64, tcSharedBytesV1, nil},
+		{"v2-again", "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, nil},
+		{"v2", "ssd_tc", "k_ssd_tc", 32, tcSharedBytes, nil},
+		{"v2", "ssd_tc", "k_ssd_tc", 128, tcSharedBytes, nil},
+	}
+	for _, skip := range []struct {
+		bit  int
+		name string
+	}{{1, "no-Yoff"}, {2, "no-G-W"}, {4, "no-Wx"}, {8, "no-state"}, {16, "no-loads"}, {31, "nothing"}} {
+		vs = append(vs, variant{"v2-" + skip.name, "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, []string{fmt.Sprintf("SSD_SKIP=%d", skip.bit)}})
+	}
+	for _, v := range vs {
+		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {
+			pb := be.pickSplit(s, 16, func(pb int) int { return v.smem(v.chunk, pb, benchN) })
+			smem := v.smem(v.chunk, pb, benchN)
+			run := func() error {
+				return be.do("scan variant", func() error { return be.launchTC("scan variant", v.mod, v.fn, smem, s, v.chunk, pb, v.defs...) })
+			}
 			bytes := ssdBytes(2)
-			ms := measure(b, be, bytes, func() error {
-				return be.do("scan variant", func() error { return be.scanTC("scan variant", s, v.chunk, pb, def) })
-			})
+			ms := measure(b, be, bytes, run)
 			if copyGBps > 0 {
 				b.ReportMetric(bytes/(ms*1e-3)/1e9/copyGBps, "of-copy-bw")
 			}
-			be.logResources(b, "ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", v.chunk), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", benchN), def)
+			if v.defs == nil {
+				rel := conformance.RelErr(downloadF64(b, be, y), want)
+				b.ReportMetric(rel, "relerr-vs-recurrence")
+				if !(rel < 1e-4) {
+					b.Errorf("%s: relative error %.3g against the recurrence", v.name, rel)
+				}
+			}
+			defs := append([]string{fmt.Sprintf("SSD_Q=%d", v.chunk), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", benchN)}, v.defs...)
+			be.logResources(b, v.mod, v.fn, defs...)
 		})
 	}
+}
+
+// downloadF64 copies a float32 tensor to the host as float64.
+func downloadF64(b *testing.B, be *Backend, t kernels.Tensor) []float64 {
+	h, err := be.Download(t)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make([]float64, len(h))
+	for i, v := range h {
+		out[i] = float64(v)
+	}
+	return out
 }
 
 // BenchmarkSSDRecurrence: the sequential scan (one warp per row, double
@@ -348,7 +409,7 @@ func BenchmarkSoftmaxAttention(b *testing.B) {
 // tcSplit is the headdim columns per block the tensor-core scan picks.
 func (be *Backend) tcSplit(nb, h, p, n, q int) int {
 	s := &scan{nb: nb, h: h, p: p, n: n}
-	return be.pickSplit(s, 16, func(pb int) int { return tcSharedBytes(q, pb, n) })
+	return be.pickSplit(s, 16, func(pb int) int { return tcBlockBytes(q, pb, n) })
 }
 
 // logResources logs a compiled kernel's registers, spilled (local) bytes

@@ -221,7 +221,7 @@ type scanCase struct {
 // TestChunkScanBF16 checks the tensor-core scan (bf16 x, B, C) against the
 // float64 recurrence on the bf16 values: headdim/d_state 16, 64, 80,
 // chunks 32/64/128/256 (256 runs as 64), a partial last chunk, initial and
-// final states, GQA groups, the headdim split of small batches.
+// final states, GQA groups, the headdim split of small batches, D.
 func TestChunkScanBF16(t *testing.T) {
 	be := testBackend(t)
 	rng := rand.New(rand.NewPCG(5, 6))
@@ -232,6 +232,10 @@ func TestChunkScanBF16(t *testing.T) {
 		{b: 1, l: 333, h: 3, p: 64, g: 3, n: 32, chunk: 128, state: true, bf16dt: true},
 		{b: 1, l: 100, h: 4, p: 32, g: 2, n: 64, chunk: 32, d: true},
 		{b: 3, l: 77, h: 2, p: 48, g: 2, n: 16, chunk: 256, state: true},
+		// Rows of B and C that the block's threads copy in uneven passes
+		// (64 threads, 10 pieces a row), D with a bf16 dt.
+		{b: 1, l: 200, h: 2, p: 16, g: 1, n: 80, chunk: 64, state: true, d: true, bf16dt: true},
+		{b: 2, l: 300, h: 2, p: 80, g: 2, n: 80, chunk: 128, state: true, d: true},
 	} {
 		x, xt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.h, c.p)
 		var dt *reference.Array

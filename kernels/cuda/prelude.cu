@@ -67,6 +67,29 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, cons
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Transpose of an 8×8 matrix of 16-bit values held one row pair per lane
+// (lane L: row L/4, columns 2(L%4) and 2(L%4)+1, low half first): an
+// mma accumulator tile, packed to bf16, becomes the B fragment of its
+// transpose.
+__device__ __forceinline__ unsigned movm_trans(unsigned a) {
+    unsigned r;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(a));
+    return r;
+}
+
+// 2^x in one instruction (relative error about 2^-22); results below the
+// smallest normal float become 0.
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// 8-byte store of two floats (p 8-byte aligned).
+__device__ __forceinline__ void st_global_f2(float* p, float a, float b) {
+    asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
 // ldmatrix: each lane passes the shared address of one 16-byte row.
 __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/matsurgery/matsurgery/kernels"
 )
@@ -113,7 +114,7 @@ func (be *Backend) chunkScan(what string, s *scan, chunk int) error {
 	}
 	if s.x.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.C.dtype == kernels.BF16 &&
 		s.p%16 == 0 && s.n%16 == 0 && q%32 == 0 {
-		if pb := be.pickSplit(s, 16, func(pb int) int { return tcSharedBytes(q, pb, s.n) }); pb > 0 {
+		if pb := be.pickSplit(s, 16, func(pb int) int { return tcBlockBytes(q, pb, s.n) }); pb > 0 {
 			return be.scanTC(what, s, q, pb)
 		}
 	}
@@ -162,7 +163,17 @@ func pad16(w int) int {
 // tcSharedBytes is ssd_tc.cu's dynamic shared memory.
 func tcSharedBytes(q, pb, n int) int {
 	sx, sn, sq := pad16(pb), pad16(n), pad16(q)
-	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq+2*pb*sn) + 4*8*q
+	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq) + 4*8*q
+}
+
+// tcBlockBytes is tcSharedBytes for the splits ssd_tc.cu accepts, and
+// math.MaxInt (fits nowhere) for the others: its pb/8 warps copy a row of
+// B (n/8 pieces of 16 bytes) in one pass, so n ≤ 32·pb.
+func tcBlockBytes(q, pb, n int) int {
+	if n > 32*pb {
+		return math.MaxInt
+	}
+	return tcSharedBytes(q, pb, n)
 }
 
 func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
@@ -182,12 +193,17 @@ func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
 // scanTC launches ssd_tc.cu; extra are further -D definitions (the
 // benchmarks compare variants with them).
 func (be *Backend) scanTC(what string, s *scan, q, pb int, extra ...string) error {
+	return be.launchTC(what, "ssd_tc", "k_ssd_tc", tcSharedBytes(q, pb, s.n), s, q, pb, extra...)
+}
+
+// launchTC launches kernel fn of module mod (ssd_tc.cu, or its previous
+// version for the benchmarks) with smem bytes of dynamic shared memory.
+func (be *Backend) launchTC(what, mod, fn string, smem int, s *scan, q, pb int, extra ...string) error {
 	defs := append([]string{fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n)}, extra...)
-	f, err := be.kernel("ssd_tc", "k_ssd_tc", defs...)
+	f, err := be.kernel(mod, fn, defs...)
 	if err != nil {
 		return err
 	}
-	smem := tcSharedBytes(q, pb, s.n)
 	if err := be.setMaxDynamicShared(f, smem); err != nil {
 		return err
 	}

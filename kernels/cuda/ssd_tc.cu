@@ -2,19 +2,24 @@
 // D of either dtype; float32 state and output). Compiled per shape with
 // -DSSD_Q (chunk), -DSSD_PB (headdim columns per block), -DSSD_N
 // (d_state). One block walks the chunks of one (batch, head) for SSD_PB
-// headdim columns with SSD_PB/8 warps.
+// headdim columns with SSD_PB/8 warps; warp w owns headdim columns
+// 8w..8w+7, of y and of the state alike, so the state never leaves its
+// registers.
 //
-// Per chunk (SSD_Q tokens):
+// Per chunk (SSD_Q tokens), between two barriers:
 //   1. x, B (double-buffered) and C arrive in shared memory by cp.async,
-//      one chunk ahead; warp 0 computes cs, exp(cs) and the state weights.
-//   2. G = C·Bᵀ on the causal 16×8 tiles, turned into
+//      one chunk ahead; warp 0 computes the scalars of the next chunk (cs,
+//      exp(cs), the state weights, dt) into the other half of a buffer.
+//   2. Y_off = exp(cs_l)·C·Hᵀ. The state is kept transposed, Hᵀ[n][p], as
+//      the accumulators of m16n8 tiles (rows n, the warp's 8 columns p);
+//      split into bf16 hi + lo and transposed in registers (movmatrix),
+//      each tile is the B fragment of C·Hᵀ.
+//   3. G = C·Bᵀ on the causal 16×8 tiles, turned into
 //      W[l][s] = G·exp(cs_l − cs_s)·dt_s (s ≤ l), stored as bf16 hi + lo.
-//   3. Warp w owns headdim columns 8w..8w+7 of y for all rows:
-//      y = exp(cs_l)·(C·Hᵀ) + W·x + D·x, with H (the state entering the
-//      chunk) read as bf16 hi + lo from shared memory.
-//   4. The state, in float32 registers (warp w: rows 16⌊w/2⌋.., half of
-//      the d_state columns), becomes exp(cs_last)·H + (wd ∘ x)ᵀ·B, the
-//      weighted xᵀ fragments split into bf16 hi + lo in registers.
+//      Barrier.
+//   4. y = Y_off + W·x + D·x, stored.
+//   5. Hᵀ ← exp(cs_last)·Hᵀ + Bᵀ·(wd ∘ x), the weighted x fragments (the
+//      ones step 4 used) split into bf16 hi + lo in registers.
 // bf16 products are exact and accumulate in float32; every float32 operand
 // (W, H, wd ∘ x) is carried as hi + lo, so each product is good to about
 // 2^-17 relative.
@@ -26,38 +31,88 @@
 #define NT (NW * 32)
 #define LB (QT / 16)       // 16-row blocks of a chunk
 #define TG (LB * (LB + 1)) // causal 16×8 tiles of G
-#define NJ (NS / 16)       // n8 tiles of a warp's half of the state
+#define NK (NS / 16)       // k16 steps over d_state; m16 tiles of the state
+#define NPAIR ((TG + 2 * NW - 1) / (2 * NW)) // pairs of G tiles a warp
 // Row strides (bf16 elements) of the shared tiles: an odd number of 16-byte
 // units, so the 8 rows of an ldmatrix land in distinct banks.
 #define PAD16(w) ((((w) + 7) / 8) % 2 == 0 ? (((w) + 7) / 8) * 8 + 8 : (((w) + 7) / 8) * 8)
 #define SX PAD16(PB)
 #define SN PAD16(NS)
 #define SQ PAD16(QT)
-// Byte offsets of the shared buffers.
+// Byte offsets of the shared buffers (tcSharedBytes in ssd_ops.go).
 #define OFF_X 0                          // [2][QT][SX] x, two stages
 #define OFF_B (OFF_X + 2 * QT * SX * 2)  // [2][QT][SN] B, two stages
 #define OFF_C (OFF_B + 2 * QT * SN * 2)  // [QT][SN] C
 #define OFF_WH (OFF_C + QT * SN * 2)     // [QT][SQ] W hi
 #define OFF_WL (OFF_WH + QT * SQ * 2)    // [QT][SQ] W lo
-#define OFF_HH (OFF_WL + QT * SQ * 2)    // [PB][SN] H hi
-#define OFF_HL (OFF_HH + PB * SN * 2)    // [PB][SN] H lo
-#define OFF_F (OFF_HL + PB * SN * 2)     // float [2][4][QT]: cs, ecs, wd, dts of two chunks
+#define OFF_F (OFF_WL + QT * SQ * 2)     // float [2][4][QT]: cs, ecs, wd, dts of two chunks
+// 16-byte pieces of one row of x, of B and of C.
+#define XP (PB / 8)
+#define BP (NS / 8)
 
-// Blocks per multiprocessor the register budget is sized for (two fit in
-// shared memory up to chunks of 64 at headdim and d_state 80).
+// SSD_SKIP (benchmarks only, wrong results): a bit mask of stages left out
+// to time the others: 1 Y_off, 2 G and W, 4 W·x, 8 the state update, 16
+// the copies of the next chunk's inputs.
+#ifndef SSD_SKIP
+#define SSD_SKIP 0
+#endif
+
+// Blocks per multiprocessor the register budget is sized for.
 #ifndef SSD_MINB
 #define SSD_MINB (QT > 64 ? 1 : 2)
 #endif
 
-#if PB % 16 != 0 || NS % 16 != 0 || QT % 32 != 0 || QT > 32 * SSD_SEG
+#if PB % 16 != 0 || NS % 16 != 0 || QT % 32 != 0 || QT > 128
 #error "ssd_tc needs SSD_PB and SSD_N multiples of 16, SSD_Q a multiple of 32 up to 128"
 #endif
+#if BP > NT
+#error "ssd_tc needs SSD_N ≤ 32·SSD_PB (a row of B in one pass of the block)"
+#endif
+
+#define TPL (QT / 32) // tokens a lane in the chunk scan
+
+// dt of the chunk starting at token t0: dv[k] is token TPL·lane + k of the
+// chunk (0 past the sequence). Token t of the sequence is element
+// base + t·H of dt; a null dt means 1.
+__device__ __forceinline__ void tc_load_dt(float (&dv)[TPL], const void* dt, int dtbf, i64 base, int H, int t0, int L) {
+    const int t = t0 + TPL * (threadIdx.x & 31);
+#pragma unroll
+    for (int k = 0; k < TPL; k++) dv[k] = t + k < L ? (dt ? ld_elem(dt, dtbf, base + (i64)(t + k) * H) : 1.f) : 0.f;
+}
+
+// The scalars of a chunk, by one warp, at sc: cs (base-2 cumulative sum
+// of dt·A), exp(cs), the state weights wd_s = dt_s·exp(cs_last − cs_s),
+// and dt; sc[j·QT + t] for j = 0..3.
+__device__ __forceinline__ void tc_chunk_scan(const float (&dv)[TPL], float a2, float* sc) {
+    const int lane = threadIdx.x & 31;
+    float loc[TPL];
+    float run = 0.f;
+#pragma unroll
+    for (int k = 0; k < TPL; k++) loc[k] = run += dv[k] * a2;
+    float inc = run;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const float v = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += v;
+    }
+    float excl = __shfl_up_sync(0xffffffffu, inc, 1);
+    if (lane == 0) excl = 0.f;
+    const float total = __shfl_sync(0xffffffffu, inc, 31);
+#pragma unroll
+    for (int k = 0; k < TPL; k++) {
+        const int t = TPL * lane + k;
+        const float c = excl + loc[k];
+        sc[t] = c;
+        sc[QT + t] = ex2_ftz(fminf(c, 0.f));
+        sc[2 * QT + t] = dv[k] * ex2_ftz(fminf(total - c, 0.f));
+        sc[3 * QT + t] = dv[k];
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, const bf16_t* x, const void* dt, int dtbf, const void* A, int abf,
                                                              const bf16_t* B, const bf16_t* C, const void* D, int dbf, float* state,
                                                              int L, int H, int P, int Hx, int Hb, int Hc) {
     float* const scal = (float*)(dyn_smem + OFF_F);
-    const bf16_t* Xs0 = (const bf16_t*)(dyn_smem + OFF_X);
     const unsigned sb = smem_u32(dyn_smem);
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
@@ -69,79 +124,103 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
     const int nchunks = (L + QT - 1) / QT;
 
     // Per-lane byte offsets of ldmatrix rows within a tile (stride S):
-    // A from [m][k]; A from [k][m]; B from [n][k]; B from [k][n].
+    // A from [m][k] (C, W); B from [n][k] (B for G); B from [k][n], x4 over
+    // two k16 steps (x); A from [k][m] (Bᵀ for the state).
     const int r8 = lane & 7, j1 = (lane >> 3) & 1, j2 = lane >> 4;
     const unsigned oA_C = ((r8 + 8 * j1) * SN + 8 * j2) * 2, oA_W = ((r8 + 8 * j1) * SQ + 8 * j2) * 2;
-    const unsigned oAt_X = ((r8 + 8 * j2) * SX + 8 * j1) * 2;
     const unsigned oB_N = (r8 * SN + 8 * j1) * 2;
-    const unsigned oBt_X = ((r8 + 8 * j1 + 16 * j2) * SX) * 2;         // x4: two k16 steps
-    const unsigned oBt_B = ((r8 + 8 * j1) * SN + 8 * j2) * 2;          // x4: two n8 tiles
-    const unsigned oH = (r8 * SN + 8 * j1) * 2 + (j2 ? OFF_HL - OFF_HH : 0); // x4: hi then lo
+    const unsigned oBt_X = ((r8 + 8 * j1 + 16 * j2) * SX + 8 * warp) * 2;
+    const unsigned oAt_B = ((r8 + 8 * j2) * SN + 8 * j1) * 2;
 
-    // cp.async of one chunk's rows in 16-byte pieces (zeros past the end):
-    // x (PB/8 pieces a row), B and C (NS/8). Thread-invariant parts of the
-    // addresses are computed once.
-    const int XP = PB / 8, BP = NS / 8;
-    const bf16_t* xsrc = x + (row0 * Hx + hx) * (i64)P + p0;
-    const bf16_t* bsrc = B + (row0 * Hb + hb) * (i64)NS;
-    const bf16_t* csrc = C + (row0 * Hc + hc) * (i64)NS;
-    const i64 xstep = (i64)Hx * P, bstep = (i64)Hb * NS, cstep = (i64)Hc * NS, ystep = (i64)H * P;
-    auto load_rows = [&](unsigned dst, const bf16_t* src, i64 step, int pieces, int stride, int c) {
-        for (int e = tid; e < QT * pieces; e += NT) {
-            const int l = e / pieces, k = e - l * pieces, t = c * QT + l;
-            cp_async16(dst + (l * stride + 8 * k) * 2, t < L ? src + t * step + 8 * k : src, t < L ? 16 : 0);
-        }
+    // cp.async of one chunk's rows in 16-byte pieces, zeros past the end
+    // of the sequence. A tensor of `pieces` pieces a row is copied by the
+    // first (NT / pieces)·pieces threads: thread t takes 16-byte column
+    // t % pieces of rows t / pieces + r·(NT / pieces), r = 0, 1, …, so its
+    // source advances by a fixed stride and its destinations by constants.
+    struct Rows {
+        const bf16_t* src; // this thread's first piece in the next chunk
+        i64 step;          // elements from one row to the next
+        unsigned dst;      // shared byte offset of the first piece in a stage
+        bool on;           // this thread copies pieces of the tensor
     };
-    auto load_xb = [&](int c, int stage) {
-        load_rows(sb + OFF_X + stage * QT * SX * 2, xsrc, xstep, XP, SX, c);
-        load_rows(sb + OFF_B + stage * QT * SN * 2, bsrc, bstep, BP, SN, c);
+    auto rows_of = [&](const bf16_t* base, i64 step, int pieces, int stride) {
+        const int l = tid / pieces, k = tid - l * pieces;
+        return Rows{base + l * step + 8 * k, step, (unsigned)(l * stride + 8 * k) * 2, tid < (NT / pieces) * pieces};
     };
-    auto load_c = [&](int c) { load_rows(sb + OFF_C, csrc, cstep, BP, SN, c); };
-
-    // State accumulators: rows pr+g (+8), columns nb + 8j + 2tig (+1).
-    const int pr = 16 * (warp >> 1), nb = (warp & 1) * (NS / 2);
-    float hacc[NJ][4];
+    Rows rx = rows_of(x + (row0 * Hx + hx) * (i64)P + p0, (i64)Hx * P, XP, SX);
+    Rows rb = rows_of(B + (row0 * Hb + hb) * (i64)NS, (i64)Hb * NS, BP, SN);
+    Rows rc = rows_of(C + (row0 * Hc + hc) * (i64)NS, (i64)Hc * NS, BP, SN);
+    const i64 ystep = (i64)H * P;
+    // Copies the next chunk (chunk c) of a tensor into the shared buffer at
+    // dst and advances to the chunk after it. Rows past the sequence are
+    // zero-filled (no bytes read; the address given is the tensor's start).
+    auto load_rows = [&](Rows& rw, unsigned dst, int pieces, int stride, int c, const bf16_t* any) {
+        const int rs = NT / pieces; // rows a pass
+        const int left = L - c * QT; // rows of this chunk inside the sequence
+        if (rw.on) {
+            const int l0 = tid / pieces;
+            if (left >= QT) {
 #pragma unroll
-    for (int j = 0; j < NJ; j++) {
+                for (int r = 0; r < (QT + rs - 1) / rs; r++) {
+                    if (QT % rs == 0 || l0 + r * rs < QT) cp_async16(dst + rw.dst + r * rs * stride * 2, rw.src + r * rs * rw.step, 16);
+                }
+            } else {
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            int p = pr + g + 8 * (q >> 1), n = nb + 8 * j + 2 * tig + (q & 1);
-            hacc[j][q] = state ? state[(((i64)b * H + h) * P + p0 + p) * NS + n] : 0.f;
-        }
-    }
-    auto store_h = [&]() {
-#pragma unroll
-        for (int j = 0; j < NJ; j++) {
-#pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-                int p = pr + g + 8 * (q >> 1), n = nb + 8 * j + 2 * tig;
-                unsigned hi, lo;
-                split_bf16x2(hacc[j][q], hacc[j][q + 1], hi, lo);
-                *(unsigned*)(dyn_smem + OFF_HH + (p * SN + n) * 2) = hi;
-                *(unsigned*)(dyn_smem + OFF_HL + (p * SN + n) * 2) = lo;
+                for (int r = 0; r < (QT + rs - 1) / rs; r++) {
+                    const bool in = l0 + r * rs < left;
+                    if (QT % rs == 0 || l0 + r * rs < QT) cp_async16(dst + rw.dst + r * rs * stride * 2, in ? rw.src + r * rs * rw.step : any, in ? 16 : 0);
+                }
             }
         }
+        rw.src += QT * rw.step;
     };
-    store_h();
+    auto load_xb = [&](int c, int stage) {
+        load_rows(rx, sb + OFF_X + stage * QT * SX * 2, XP, SX, c, x);
+        load_rows(rb, sb + OFF_B + stage * QT * SN * 2, BP, SN, c, B);
+    };
+    auto load_c = [&](int c) { load_rows(rc, sb + OFF_C, BP, SN, c, C); };
 
-    // Prologue: chunk 0's inputs and scalars.
-    float dvn[SSD_SEG];
+    // The state, transposed: hT[i][q] is Hᵀ[n][p] with n = 16i + g (+8 for
+    // q ≥ 2), p = 8·warp + 2tig (+1 for odd q).
+    float hT[NK][4];
+    const i64 sbase = (((i64)b * H + h) * P + p0 + 8 * warp + 2 * tig) * NS + g;
+#pragma unroll
+    for (int i = 0; i < NK; i++) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) hT[i][q] = state ? state[sbase + (q & 1) * NS + 16 * i + 8 * (q >> 1)] : 0.f;
+    }
+
+    // The causal G tiles of this warp, two at a time: tiles warp + 2u·NW
+    // and warp + (2u+1)·NW of the row-major list (16-row block i, 8-column
+    // block j ≤ 2i+1), packed as i0 | j0 << 8 | i1 << 16 | j1 << 24.
+    int tile[NPAIR];
+#pragma unroll
+    for (int u = 0; u < NPAIR; u++) {
+        const int t0 = warp + u * 2 * NW, t1 = t0 + NW;
+        int i0 = 0, i1 = 0;
+        while ((i0 + 1) * (i0 + 2) <= t0) i0++;
+        while ((i1 + 1) * (i1 + 2) <= t1) i1++;
+        tile[u] = i0 | (t0 - i0 * (i0 + 1)) << 8 | i1 << 16 | (t1 - i1 * (i1 + 1)) << 24;
+    }
+
+    // Prologue: chunk 0's inputs and scalars, chunk 1's dt in registers.
+    float dvn[TPL];
     load_xb(0, 0);
     load_c(0);
     cp_async_commit();
     if (warp == 0) {
-        float dv[SSD_SEG];
-        chunk_load_dt(dv, dt, dtbf, row0 * H + h, H, 0, QT, L);
-        if (nchunks > 1) chunk_load_dt(dvn, dt, dtbf, row0 * H + h, H, QT, QT, L);
-        chunk_scan_warp(dv, a2, QT, scal, scal + QT, scal + 2 * QT, scal + 3 * QT);
+        float dv[TPL];
+        tc_load_dt(dv, dt, dtbf, row0 * H + h, H, 0, L);
+        tc_load_dt(dvn, dt, dtbf, row0 * H + h, H, QT, L);
+        tc_chunk_scan(dv, a2, scal);
     }
 
     // Two barriers a chunk. Hazards: x/B stage (c+1)&1 and the C buffer
     // are refilled only after the barrier that follows their last reads
-    // (the previous chunk's, resp. this chunk's Y_off and G); H is rewritten
-    // after this chunk's second barrier, which follows the last Y_off read;
-    // W is rewritten in the next chunk after its first barrier; the scalars
-    // of chunk c+1 go to the other half of a double buffer.
+    // (the previous chunk's, resp. this chunk's Y_off and G); W is
+    // rewritten in the next chunk after its first barrier; the scalars of
+    // chunk c+1 go to the other half of a double buffer. The state is
+    // private to its warp.
     for (int c = 0; c < nchunks; c++) {
         const int st = c & 1;
         const float* cs = scal + st * 4 * QT;
@@ -149,46 +228,56 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         const float* wd = cs + 2 * QT;
         const float* dts = cs + 3 * QT;
         cp_async_wait0(); // this chunk's x, B and C have landed
-        __syncthreads();  // (A) inputs, scalars and the entering state are visible
-        if (c + 1 < nchunks) load_xb(c + 1, st ^ 1);
+        __syncthreads();  // (A) inputs and scalars are visible, W is free
+        if (!(SSD_SKIP & 16) && c + 1 < nchunks) load_xb(c + 1, st ^ 1);
         cp_async_commit();
 
         const unsigned sX = sb + OFF_X + st * QT * SX * 2, sB = sb + OFF_B + st * QT * SN * 2;
-        const bf16_t* Xc = Xs0 + st * QT * SX;
 
-        // 3a. Y_off = exp(cs_l)·C·Hᵀ for columns 8·warp.. of every row.
+        // 2. Y_off = exp(cs_l)·C·Hᵀ for the warp's columns of every row.
         float yacc[LB][4];
 #pragma unroll
         for (int i = 0; i < LB; i++) yacc[i][0] = yacc[i][1] = yacc[i][2] = yacc[i][3] = 0.f;
 #pragma unroll
-        for (int k = 0; k < NS / 16; k++) {
-            unsigned hf[4]; // H hi (b0, b1), H lo (b0, b1)
-            ldsm_x4(hf, sb + OFF_HH + ((8 * warp) * SN + 16 * k) * 2 + oH);
+        for (int k = 0; k < ((SSD_SKIP & 1) ? 0 : NK); k++) {
+            // B fragments of Hᵀ rows 16k.. (hi, lo): the accumulator tile
+            // rows g and g+8, packed, transposed.
+            unsigned hh[2], hl[2];
+            split_bf16x2(hT[k][0], hT[k][1], hh[0], hl[0]);
+            split_bf16x2(hT[k][2], hT[k][3], hh[1], hl[1]);
+            hh[0] = movm_trans(hh[0]);
+            hh[1] = movm_trans(hh[1]);
+            hl[0] = movm_trans(hl[0]);
+            hl[1] = movm_trans(hl[1]);
             unsigned af[LB][4];
 #pragma unroll
             for (int i = 0; i < LB; i++) ldsm_x4(af[i], sb + OFF_C + ((16 * i) * SN + 16 * k) * 2 + oA_C);
             // hi terms of every row block, then lo terms: consecutive mma
             // instructions never wait on each other's accumulator.
 #pragma unroll
-            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hf);
+            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hh);
 #pragma unroll
-            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hf + 2);
+            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hl);
         }
 #pragma unroll
         for (int i = 0; i < LB; i++) {
-            float e0 = ecs[16 * i + g], e1 = ecs[16 * i + g + 8];
+            const float e0 = ecs[16 * i + g], e1 = ecs[16 * i + g + 8];
             yacc[i][0] *= e0;
             yacc[i][1] *= e0;
             yacc[i][2] *= e1;
             yacc[i][3] *= e1;
         }
-        // W[l][s] of one G tile (rows 16i.., columns 8j..), as hi + lo.
+
+        // 3. W[l][s] of one G tile (rows 16i.., columns 8j..), as hi + lo.
         auto emit_w = [&](const float* acc, int i, int j) {
+            const int s = 8 * j + 2 * tig;
+            const float2 css = *(const float2*)(cs + s), dss = *(const float2*)(dts + s);
 #pragma unroll
             for (int q = 0; q < 4; q += 2) {
-                int l = 16 * i + g + 8 * (q >> 1), s = 8 * j + 2 * tig;
-                float w0 = acc[q] * exp2f(fminf(cs[l] - cs[s], 0.f)) * dts[s];
-                float w1 = acc[q + 1] * exp2f(fminf(cs[l] - cs[s + 1], 0.f)) * dts[s + 1];
+                const int l = 16 * i + g + 8 * (q >> 1);
+                const float cl = cs[l];
+                float w0 = acc[q] * ex2_ftz(fminf(cl - css.x, 0.f)) * dss.x;
+                float w1 = acc[q + 1] * ex2_ftz(fminf(cl - css.y, 0.f)) * dss.y;
                 if (j >= 2 * i) { // a tile on the diagonal: zero above it
                     w0 = s <= l ? w0 : 0.f;
                     w1 = s + 1 <= l ? w1 : 0.f;
@@ -199,17 +288,15 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
                 *(unsigned*)(dyn_smem + OFF_WL + (l * SQ + s) * 2) = lo;
             }
         };
-        // 2. W on the causal tiles, two tiles per warp at a time.
-        for (int t0 = warp; t0 < TG; t0 += 2 * NW) {
-            const int t1 = t0 + NW;
-            int i0 = 0, i1 = 0;
-            while ((i0 + 1) * (i0 + 2) <= t0) i0++;
-            while ((i1 + 1) * (i1 + 2) <= t1) i1++;
-            const int j0 = t0 - i0 * (i0 + 1), j1t = t1 - i1 * (i1 + 1);
-            const bool two = t1 < TG;
+        // Two tiles per warp at a time.
+#pragma unroll
+        for (int u = 0; u < ((SSD_SKIP & 2) ? 0 : NPAIR); u++) {
+            if (warp + u * 2 * NW >= TG) break;
+            const int i0 = tile[u] & 0xff, j0 = (tile[u] >> 8) & 0xff, i1 = (tile[u] >> 16) & 0xff, j1t = tile[u] >> 24;
+            const bool two = warp + u * 2 * NW + NW < TG;
             float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int k = 0; k < NS / 16; k++) {
+            for (int k = 0; k < NK; k++) {
                 unsigned af[4], bfr[2];
                 ldsm_x4(af, sb + OFF_C + ((16 * i0) * SN + 16 * k) * 2 + oA_C);
                 ldsm_x2(bfr, sB + ((8 * j0) * SN + 16 * k) * 2 + oB_N);
@@ -223,100 +310,90 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
             emit_w(acc0, i0, j0);
             if (two) emit_w(acc1, i1, j1t);
         }
-        __syncthreads(); // (B) W is complete; Y_off and G have read C and H
-        if (c + 1 < nchunks) load_c(c + 1);
+        __syncthreads(); // (B) W is complete; Y_off and G have read C
+        if (!(SSD_SKIP & 16) && c + 1 < nchunks) load_c(c + 1);
         cp_async_commit();
         if (warp == 0 && c + 1 < nchunks) {
             // Scalars of the next chunk, into the other half of the buffer.
-            float dv[SSD_SEG];
+            float dv[TPL];
 #pragma unroll
-            for (int k = 0; k < SSD_SEG; k++) dv[k] = dvn[k];
-            if (c + 2 < nchunks) chunk_load_dt(dvn, dt, dtbf, row0 * H + h, H, (c + 2) * QT, QT, L);
-            float* nx = scal + (st ^ 1) * 4 * QT;
-            chunk_scan_warp(dv, a2, QT, nx, nx + QT, nx + 2 * QT, nx + 3 * QT);
+            for (int k = 0; k < TPL; k++) dv[k] = dvn[k];
+            tc_load_dt(dvn, dt, dtbf, row0 * H + h, H, (c + 2) * QT, L);
+            tc_chunk_scan(dv, a2, scal + (st ^ 1) * 4 * QT);
         }
 
-        // 3b. Y_diag = W·x, then D·x, and the store.
-        float* const ychunk = y + ((row0 + (i64)c * QT) * H + h) * (i64)P + p0;
+        // 4. y = Y_off + W·x + D·x, stored.
+        unsigned xf[LB][2]; // B fragments of x: s-step k, the warp's columns
 #pragma unroll
         for (int k = 0; k < LB; k += 2) {
-            unsigned xf[4]; // x fragments of the s-steps k and k+1
-            ldsm_x4_trans(xf, sX + ((16 * k) * SX + 8 * warp) * 2 + oBt_X);
-#pragma unroll
-            for (int kk = 0; kk < 2; kk++) {
-#pragma unroll
-                for (int i = k + kk; i < LB; i++) {
-                    unsigned wh[4];
-                    ldsm_x4(wh, sb + OFF_WH + ((16 * i) * SQ + 16 * (k + kk)) * 2 + oA_W);
-                    mma_bf16_16816(yacc[i], wh, xf + 2 * kk);
-                }
-#pragma unroll
-                for (int i = k + kk; i < LB; i++) {
-                    unsigned wl[4];
-                    ldsm_x4(wl, sb + OFF_WL + ((16 * i) * SQ + 16 * (k + kk)) * 2 + oA_W);
-                    mma_bf16_16816(yacc[i], wl, xf + 2 * kk);
-                }
-            }
+            unsigned r4[4];
+            ldsm_x4_trans(r4, sX + (16 * k) * SX * 2 + oBt_X);
+            xf[k][0] = r4[0], xf[k][1] = r4[1], xf[k + 1][0] = r4[2], xf[k + 1][1] = r4[3];
         }
 #pragma unroll
-        for (int i = 0; i < LB; i++) {
+        for (int k = 0; k < ((SSD_SKIP & 4) ? 0 : LB); k++) {
 #pragma unroll
-            for (int q = 0; q < 4; q += 2) {
-                const int l = 16 * i + g + 8 * (q >> 1), p = 8 * warp + 2 * tig;
-                if (c * QT + l < L) {
-                    unsigned xv = *(const unsigned*)(Xc + l * SX + p);
-                    float2 v = make_float2(yacc[i][q] + dd * bf16_lo(xv), yacc[i][q + 1] + dd * bf16_hi(xv));
-                    *(float2*)(ychunk + l * ystep + p) = v;
+            for (int i = k; i < LB; i++) {
+                unsigned wh[4];
+                ldsm_x4(wh, sb + OFF_WH + ((16 * i) * SQ + 16 * k) * 2 + oA_W);
+                mma_bf16_16816(yacc[i], wh, xf[k]);
+            }
+#pragma unroll
+            for (int i = k; i < LB; i++) {
+                unsigned wl[4];
+                ldsm_x4(wl, sb + OFF_WL + ((16 * i) * SQ + 16 * k) * 2 + oA_W);
+                mma_bf16_16816(yacc[i], wl, xf[k]);
+            }
+        }
+        {
+            // D·x from the A-fragment layout of x (rows g, g+8 of each
+            // 16-row block, the warp's columns 2tig, 2tig+1), then the store.
+            float* yr = y + ((row0 + (i64)c * QT + g) * H + h) * (i64)P + p0 + 8 * warp + 2 * tig;
+            const int left = L - c * QT - g;
+#pragma unroll
+            for (int i = 0; i < LB; i += 2) {
+                unsigned xr[4]; // rows 16i + g, +8, +16, +24
+                ldsm_x4(xr, sX + ((16 * i + lane) * SX + 8 * warp) * 2);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const float* a = yacc[i + (q >> 1)] + 2 * (q & 1);
+                    if (8 * (2 * i + q) < left) st_global_f2(yr, a[0] + dd * bf16_lo(xr[q]), a[1] + dd * bf16_hi(xr[q]));
+                    yr += 8 * ystep;
                 }
             }
         }
 
-        // 4. The state update.
+        // 5. The state update, on the same x fragments.
+        if (SSD_SKIP & 8) continue;
         const float decay = ecs[QT - 1];
 #pragma unroll
-        for (int j = 0; j < NJ; j++) {
+        for (int i = 0; i < NK; i++) {
 #pragma unroll
-            for (int q = 0; q < 4; q++) hacc[j][q] *= decay;
+            for (int q = 0; q < 4; q++) hT[i][q] *= decay;
         }
 #pragma unroll
         for (int k = 0; k < LB; k++) {
-            unsigned af[4], ah[4], al[4];
-            ldsm_x4_trans(af, sX + ((16 * k) * SX + pr) * 2 + oAt_X);
-            // Fragment registers 0, 1 hold s = 16k + 2tig (+1); 2, 3 hold s + 8 (+9).
+            // Fragment registers 0 and 1 hold s = 16k + 2tig (+1) and s + 8 (+9).
             const int s0 = 16 * k + 2 * tig;
-            const float w00 = wd[s0], w01 = wd[s0 + 1], w10 = wd[s0 + 8], w11 = wd[s0 + 9];
+            const float2 w0 = *(const float2*)(wd + s0), w1 = *(const float2*)(wd + s0 + 8);
+            unsigned xh[2], xl[2];
+            split_bf16x2(bf16_lo(xf[k][0]) * w0.x, bf16_hi(xf[k][0]) * w0.y, xh[0], xl[0]);
+            split_bf16x2(bf16_lo(xf[k][1]) * w1.x, bf16_hi(xf[k][1]) * w1.y, xh[1], xl[1]);
+            unsigned af[NK][4];
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const float wlo = r < 2 ? w00 : w10, whi = r < 2 ? w01 : w11;
-                split_bf16x2(bf16_lo(af[r]) * wlo, bf16_hi(af[r]) * whi, ah[r], al[r]);
-            }
-            unsigned bfr[NJ][2];
+            for (int i = 0; i < NK; i++) ldsm_x4_trans(af[i], sB + ((16 * k) * SN + 16 * i) * 2 + oAt_B);
 #pragma unroll
-            for (int j = 0; j < NJ; j += 2) {
-                if (j + 1 < NJ) {
-                    unsigned r4[4];
-                    ldsm_x4_trans(r4, sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
-                    bfr[j][0] = r4[0], bfr[j][1] = r4[1], bfr[j + 1][0] = r4[2], bfr[j + 1][1] = r4[3];
-                } else {
-                    ldsm_x2_trans(bfr[j], sB + ((16 * k) * SN + nb + 8 * j) * 2 + oBt_B);
-                }
-            }
+            for (int i = 0; i < NK; i++) mma_bf16_16816(hT[i], af[i], xh);
 #pragma unroll
-            for (int j = 0; j < NJ; j++) mma_bf16_16816(hacc[j], ah, bfr[j]);
-#pragma unroll
-            for (int j = 0; j < NJ; j++) mma_bf16_16816(hacc[j], al, bfr[j]);
+            for (int i = 0; i < NK; i++) mma_bf16_16816(hT[i], af[i], xl);
         }
-        store_h(); // read after the next chunk's first barrier
     }
     cp_async_wait0();
     if (state) {
 #pragma unroll
-        for (int j = 0; j < NJ; j++) {
+        for (int i = 0; i < NK; i++) {
 #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                int p = pr + g + 8 * (q >> 1), n = nb + 8 * j + 2 * tig + (q & 1);
-                state[(((i64)b * H + h) * P + p0 + p) * NS + n] = hacc[j][q];
-            }
+            for (int q = 0; q < 4; q++) state[sbase + (q & 1) * NS + 16 * i + 8 * (q >> 1)] = hT[i][q];
         }
     }
 }

@@ -287,6 +287,36 @@ inline void ldsm(unsigned* r, const void* row, int count, bool trans) {
     }
 }
 }
+// movmatrix.sync.aligned.m8n8.trans.b16: lane L holds row L/4, columns
+// 2(L%4) and 2(L%4)+1 of an 8×8 matrix of 16-bit values (low half first);
+// the result holds the same positions of the transposed matrix.
+inline unsigned movm_trans(unsigned a) {
+    using namespace emu;
+    memcpy(slot(lane()).b, &a, 4);
+    syncwarp();
+    unsigned short M[8][8];
+    for (int L = 0; L < 32; L++) {
+        unsigned v;
+        memcpy(&v, slot(L).b, 4);
+        M[L >> 2][2 * (L & 3)] = half(v, 0);
+        M[L >> 2][2 * (L & 3) + 1] = half(v, 1);
+    }
+    syncwarp();
+    int L = lane(), g = L >> 2, t = L & 3;
+    return (unsigned)M[2 * t][g] | ((unsigned)M[2 * t + 1][g] << 16);
+}
+
+// ex2.approx.ftz.f32: 2^x, results below the smallest normal flushed to 0.
+inline float ex2_ftz(float x) {
+    float r = exp2f(x);
+    return r < 1.17549435e-38f ? 0.f : r;
+}
+
+inline void st_global_f2(float* p, float a, float b) {
+    p[0] = a;
+    p[1] = b;
+}
+
 // Shared addresses are offsets into the dynamic shared memory.
 inline unsigned smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu::rt().dyn); }
 inline const void* emu_smem(unsigned a) { return emu::rt().dyn + a; }
