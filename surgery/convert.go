@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -92,13 +93,14 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	go func() {
 		defer wg.Done()
 		t := time.Now()
-		hashes, hashErr = hashTeacher(ctx, o.Teacher)
+		hashes, hashErr = hashTeacher(ctx, o.Teacher, j.Teacher.Files)
 		hashSeconds = time.Since(t).Seconds()
 	}()
 	defer wg.Wait()
 
 	t0 := time.Now()
-	if err := j.writeTensors(ctx, tmp, prog, stages); err != nil {
+	shardHashes, err := j.writeTensors(ctx, tmp, prog, stages)
+	if err != nil {
 		return nil, err
 	}
 	stages["tensors"] = time.Since(t0).Seconds()
@@ -112,9 +114,12 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	t0 = time.Now()
 	wg.Wait()
 	stages["waiting for the hash"] = time.Since(t0).Seconds()
-	stages["sha256 of the teacher (concurrent)"] = hashSeconds
+	stages["sha256 of the teacher's other files (concurrent)"] = hashSeconds
 	if hashErr != nil {
 		return nil, hashErr
+	}
+	for name, sum := range shardHashes {
+		hashes[name] = sum
 	}
 	prov := j.provenance(hashes)
 	pb, _ := json.MarshalIndent(prov, "", "  ")
@@ -135,7 +140,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	return res, nil
 }
 
-func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Reporter, stages map[string]float64) error {
+func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Reporter, stages map[string]float64) (map[string]string, error) {
 	opts := formats.WriterOptions{Metadata: map[string]string{"format": "pt"}}
 	switch {
 	case j.Opts.ShardSize > 0:
@@ -149,7 +154,7 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 	}
 	w, err := formats.NewWriter(dir, j.Specs, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer w.Abort()
 	var total int64
@@ -201,15 +206,15 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 	}()
 	var mixer map[string]*initmap.Tensor
 	mixerLayer := -1
-	files := map[string]*os.File{}
+	shards := map[string]*teacherShard{}
 	defer func() {
-		for _, f := range files {
-			f.Close()
+		for _, sh := range shards {
+			sh.f.Close()
 		}
 	}()
 	for _, s := range j.Specs {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		size := numel(s.Shape) * int64(s.DType.Size())
 		if l, ok := added[s.Name]; ok {
@@ -217,13 +222,13 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 				t := time.Now()
 				b, ok := <-ahead
 				if !ok && ctx.Err() != nil {
-					return ctx.Err()
+					return nil, ctx.Err()
 				}
 				if !ok || b.layer != l {
-					return fmt.Errorf("internal: mixer of layer %d built out of order", l)
+					return nil, fmt.Errorf("internal: mixer of layer %d built out of order", l)
 				}
 				if b.err != nil {
-					return b.err
+					return nil, b.err
 				}
 				stages["mixer init (concurrent)"] += b.secs
 				stages["waiting for a mixer"] += time.Since(t).Seconds()
@@ -231,32 +236,49 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 			}
 			t := mixer[strings.TrimPrefix(s.Name, layout.MambaPrefix(l))]
 			if err := w.WriteBytes(s.Name, t.Data); err != nil {
-				return err
+				return nil, err
 			}
 			prog.Add(size)
 			continue
 		}
 		info, _ := j.Teacher.Tensor(s.Name)
-		f := files[info.File]
-		if f == nil {
-			if f, err = os.Open(info.File); err != nil {
-				return err
+		sh := shards[info.File]
+		if sh == nil {
+			if sh, err = openShard(info.File); err != nil {
+				return nil, err
 			}
-			files[info.File] = f
+			shards[info.File] = sh
 		}
-		// A LimitedReader over the *os.File lets the kernel copy (copy_file_range).
-		if _, err := f.Seek(info.Offset, io.SeekStart); err != nil {
-			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		r, err := sh.tensor(info.Offset, info.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
 		}
-		if err := w.Write(s.Name, &io.LimitedReader{R: f, N: info.Size}); err != nil {
-			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		if err := w.Write(s.Name, r); err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
 		}
 		prog.Add(size)
+	}
+	// Every teacher shard is hashed to its end (what follows the last copied
+	// tensor, and shards nothing was copied from).
+	hashes := map[string]string{}
+	for _, name := range j.Teacher.Files {
+		sh := shards[name]
+		if sh == nil {
+			if sh, err = openShard(name); err != nil {
+				return nil, err
+			}
+			shards[name] = sh
+		}
+		sum, err := sh.finish()
+		if err != nil {
+			return nil, err
+		}
+		hashes[filepath.Base(name)] = sum
 	}
 	t := time.Now()
 	err = w.Commit()
 	stages["commit (fsync)"] = time.Since(t).Seconds()
-	return err
+	return hashes, err
 }
 
 func (j *Job) buildMixer(l int) (map[string]*initmap.Tensor, error) {
@@ -316,16 +338,20 @@ func (j *Job) provenance(hashes map[string]string) Provenance {
 	return p
 }
 
-// hashTeacher hashes the teacher's files, several at once (sha256 of one file
-// is sequential; the shards are independent).
-func hashTeacher(ctx context.Context, dir string) (map[string]string, error) {
+// hashTeacher hashes the teacher's files other than its shards (those are
+// hashed as they are copied), several at once.
+func hashTeacher(ctx context.Context, dir string, shards []string) (map[string]string, error) {
+	skip := map[string]bool{}
+	for _, s := range shards {
+		skip[filepath.Base(s)] = true
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && !skip[e.Name()] {
 			names = append(names, e.Name())
 		}
 	}
@@ -422,4 +448,56 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// teacherShard reads one teacher shard front to back exactly once, hashing
+// every byte; the tensors that are copied stream out of that same read, so
+// the teacher is read once for both the copy and its provenance hash.
+type teacherShard struct {
+	f    *os.File
+	h    hash.Hash
+	pos  int64 // bytes hashed so far
+	size int64
+}
+
+func openShard(path string) (*teacherShard, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &teacherShard{f: f, h: sha256.New(), size: st.Size()}, nil
+}
+
+// skipTo hashes the bytes up to off (a header, or tensors not copied).
+func (t *teacherShard) skipTo(off int64) error {
+	if off < t.pos {
+		return fmt.Errorf("internal: %s read out of order (at %d, asked for %d)", t.f.Name(), t.pos, off)
+	}
+	if _, err := io.Copy(t.h, io.NewSectionReader(t.f, t.pos, off-t.pos)); err != nil {
+		return fmt.Errorf("%s: %w", t.f.Name(), err)
+	}
+	t.pos = off
+	return nil
+}
+
+// tensor returns a reader of the size bytes at off that hashes what it reads.
+func (t *teacherShard) tensor(off, size int64) (io.Reader, error) {
+	if err := t.skipTo(off); err != nil {
+		return nil, err
+	}
+	t.pos = off + size
+	return io.TeeReader(io.NewSectionReader(t.f, off, size), t.h), nil
+}
+
+// finish hashes the rest of the file and returns its sha256.
+func (t *teacherShard) finish() (string, error) {
+	if err := t.skipTo(t.size); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(t.h.Sum(nil)), nil
 }
