@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/matsurgery/matsurgery/kernels"
@@ -238,7 +239,9 @@ func BenchmarkSSDChunkScan(b *testing.B) {
 				}
 			}
 			if c.dtype == kernels.BF16 {
-				be.logResources(b, "ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", c.chunk), fmt.Sprintf("SSD_PB=%d", be.tcSplit(benchB, benchH, benchP, benchN, c.chunk)), fmt.Sprintf("SSD_N=%d", benchN))
+				pb := be.tcSplit(benchB, benchH, benchP, benchN, c.chunk)
+				be.logResources(b, "ssd_tc", "k_ssd_tc", fmt.Sprintf("SSD_Q=%d", c.chunk), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", benchN),
+					fmt.Sprintf("SSD_CW=%d", tcCols(c.chunk, pb)))
 			} else {
 				be.logResources(b, "core", "k_ssd_cc")
 			}
@@ -284,37 +287,37 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 		nb: benchB, l: benchL, h: benchH, p: benchP, n: benchN, hx: benchH, hb: benchH, hc: benchH}
 	type variant struct {
 		name, mod, fn string
-		chunk         int
+		chunk, cw     int
 		smem          func(q, pb, n int) int
 		defs          []string
 	}
-	vs := []variant{
-		{"v1", "ssd_tc_v1", "k_ssd_tc_v1", 64, tcSharedBytesV1, nil},
-		{"v2", "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, nil},
-		{"v1-again", "ssd_tc_v1", "k_ssd_tc_v1", 64, tcSharedBytesV1, nil},
-		{"v2-again", "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, nil},
-		{"v2", "ssd_tc", "k_ssd_tc", 32, tcSharedBytes, nil},
-		{"v2", "ssd_tc", "k_ssd_tc", 128, tcSharedBytes, nil},
+	v2 := func(name string, chunk, cw int, defs ...string) variant {
+		return variant{name, "ssd_tc", "k_ssd_tc", chunk, cw, tcSharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
 	}
+	v1 := variant{"v1", "ssd_tc_v1", "k_ssd_tc_v1", 64, 8, tcSharedBytesV1, nil}
+	vs := []variant{v1, v2("cw8", 64, 8), v2("cw16", 64, 16), v1, v2("cw8", 64, 8), v2("cw16", 64, 16),
+		v2("cw8", 32, 8), v2("cw16", 32, 16), v2("cw16", 128, 16)}
 	for _, skip := range []struct {
 		bit  int
 		name string
 	}{{1, "no-Yoff"}, {2, "no-G-W"}, {4, "no-Wx"}, {8, "no-state"}, {16, "no-loads"}, {31, "nothing"}} {
-		vs = append(vs, variant{"v2-" + skip.name, "ssd_tc", "k_ssd_tc", 64, tcSharedBytes, []string{fmt.Sprintf("SSD_SKIP=%d", skip.bit)}})
+		vs = append(vs, v2("cw16-"+skip.name, 64, 16, fmt.Sprintf("SSD_SKIP=%d", skip.bit)))
 	}
 	for _, v := range vs {
 		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {
 			pb := be.pickSplit(s, 16, func(pb int) int { return v.smem(v.chunk, pb, benchN) })
 			smem := v.smem(v.chunk, pb, benchN)
 			run := func() error {
-				return be.do("scan variant", func() error { return be.launchTC("scan variant", v.mod, v.fn, smem, s, v.chunk, pb, v.defs...) })
+				return be.do("scan variant", func() error {
+					return be.launchTC("scan variant", v.mod, v.fn, smem, s, v.chunk, pb, v.cw, v.defs...)
+				})
 			}
 			bytes := ssdBytes(2)
 			ms := measure(b, be, bytes, run)
 			if copyGBps > 0 {
 				b.ReportMetric(bytes/(ms*1e-3)/1e9/copyGBps, "of-copy-bw")
 			}
-			if v.defs == nil {
+			if !strings.Contains(strings.Join(v.defs, " "), "SSD_SKIP") {
 				rel := conformance.RelErr(downloadF64(b, be, y), want)
 				b.ReportMetric(rel, "relerr-vs-recurrence")
 				if !(rel < 1e-4) {

@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"flag"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -14,6 +16,32 @@ import (
 )
 
 const howToRun = "to run these tests on a GPU machine: CGO_ENABLED=0 go test -c -o cuda.test ./kernels/cuda, copy cuda.test there, run ./cuda.test -test.v (set MATSURGERY_CUDA_LIB_DIR if the CUDA libraries are not found)"
+
+// ssdCols forces the warp width of the tensor-core scan (tcWarpCols) for a
+// whole run, e.g. the conformance suite with each width: -cuda.ssdcols=16.
+var ssdCols = flag.Int("cuda.ssdcols", 0, "headdim columns a warp of the tensor-core scan (8 or 16; 0: chosen by chunk length)")
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if *ssdCols != 0 {
+		if *ssdCols != 8 && *ssdCols != 16 {
+			fmt.Fprintf(os.Stderr, "-cuda.ssdcols=%d: want 8 or 16\n", *ssdCols)
+			os.Exit(2)
+		}
+		tcWarpCols = *ssdCols
+	}
+	os.Exit(m.Run())
+}
+
+// withWarpCols runs f for each warp width of the tensor-core scan.
+func withWarpCols(t *testing.T, f func(t *testing.T)) {
+	saved := tcWarpCols
+	defer func() { tcWarpCols = saved }()
+	for _, cw := range []int{8, 16} {
+		tcWarpCols = cw
+		t.Run(fmt.Sprintf("cw=%d", cw), f)
+	}
+}
 
 // testBackend opens device 0 or skips the test when there is none.
 func testBackend(t testing.TB) *Backend {
@@ -218,11 +246,13 @@ type scanCase struct {
 	state, d, bf16dt        bool
 }
 
-// TestChunkScanBF16 checks the tensor-core scan (bf16 x, B, C) against the
-// float64 recurrence on the bf16 values: headdim/d_state 16, 64, 80,
+// TestChunkScanBF16 checks the tensor-core scan (bf16 x, B, C), with 8 and
+// 16 headdim columns a warp, against the float64 recurrence on the bf16 values: headdim/d_state 16, 64, 80,
 // chunks 32/64/128/256 (256 runs as 64), a partial last chunk, initial and
 // final states, GQA groups, the headdim split of small batches, D.
-func TestChunkScanBF16(t *testing.T) {
+func TestChunkScanBF16(t *testing.T) { withWarpCols(t, testChunkScanBF16) }
+
+func testChunkScanBF16(t *testing.T) {
 	be := testBackend(t)
 	rng := rand.New(rand.NewPCG(5, 6))
 	const tol = 2e-5 // float32 operands carried as two bf16 terms: ≈2^-17 each
@@ -279,7 +309,9 @@ func TestChunkScanBF16(t *testing.T) {
 
 // TestLinearAttentionBF16 runs the tensor-core path of LinearAttention
 // (bf16 q, k, v, GQA).
-func TestLinearAttentionBF16(t *testing.T) {
+func TestLinearAttentionBF16(t *testing.T) { withWarpCols(t, testLinearAttentionBF16) }
+
+func testLinearAttentionBF16(t *testing.T) {
 	be := testBackend(t)
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, c := range []struct{ b, l, h, hkv, p int }{{2, 90, 4, 2, 64}, {1, 200, 2, 1, 16}} {

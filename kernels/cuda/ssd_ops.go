@@ -167,10 +167,10 @@ func tcSharedBytes(q, pb, n int) int {
 }
 
 // tcBlockBytes is tcSharedBytes for the splits ssd_tc.cu accepts, and
-// math.MaxInt (fits nowhere) for the others: its pb/8 warps copy a row of
-// B (n/8 pieces of 16 bytes) in one pass, so n ≤ 32·pb.
+// math.MaxInt (fits nowhere) for the others: its pb/cw warps copy a row of
+// B (n/8 pieces of 16 bytes) in one pass, so n ≤ 256·pb/cw.
 func tcBlockBytes(q, pb, n int) int {
-	if n > 32*pb {
+	if n > 256*pb/tcCols(q, pb) {
 		return math.MaxInt
 	}
 	return tcSharedBytes(q, pb, n)
@@ -190,15 +190,40 @@ func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
 		s.l, s.h, s.p, s.n, s.hx, s.hb, s.hc, q, pb)
 }
 
+// tcWarpCols, when not 0, forces the headdim columns each warp of
+// ssd_tc.cu owns (8 or 16; the tests run both). 0 lets tcCols choose.
+var tcWarpCols = 0
+
+// tcCols is the headdim columns a warp of ssd_tc.cu owns (SSD_CW) for
+// chunks of q tokens and blocks of pb columns. With 16, every fragment of
+// C, W and Bᵀ read from shared memory serves two n8 tiles, at half the
+// warps and more registers: on the H200 at the Phi-2 layer size it is the
+// faster at chunks of 32 (0.408 against 0.435 ms), as fast at 64 (0.446
+// against 0.432–0.446 ms) and slower at 128 (0.79 against 0.63 ms, where
+// 16 spills), see NOTES.md.
+func tcCols(q, pb int) int {
+	cw := tcWarpCols
+	if cw == 0 {
+		cw = 8
+		if q <= 32 {
+			cw = 16
+		}
+	}
+	return min(cw, pb)
+}
+
 // scanTC launches ssd_tc.cu; extra are further -D definitions (the
 // benchmarks compare variants with them).
 func (be *Backend) scanTC(what string, s *scan, q, pb int, extra ...string) error {
-	return be.launchTC(what, "ssd_tc", "k_ssd_tc", tcSharedBytes(q, pb, s.n), s, q, pb, extra...)
+	cw := tcCols(q, pb)
+	return be.launchTC(what, "ssd_tc", "k_ssd_tc", tcSharedBytes(q, pb, s.n), s, q, pb, cw,
+		append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, extra...)...)
 }
 
 // launchTC launches kernel fn of module mod (ssd_tc.cu, or its previous
-// version for the benchmarks) with smem bytes of dynamic shared memory.
-func (be *Backend) launchTC(what, mod, fn string, smem int, s *scan, q, pb int, extra ...string) error {
+// version for the benchmarks) with smem bytes of dynamic shared memory
+// and cw headdim columns a warp.
+func (be *Backend) launchTC(what, mod, fn string, smem int, s *scan, q, pb, cw int, extra ...string) error {
 	defs := append([]string{fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n)}, extra...)
 	f, err := be.kernel(mod, fn, defs...)
 	if err != nil {
@@ -207,7 +232,7 @@ func (be *Backend) launchTC(what, mod, fn string, smem int, s *scan, q, pb int, 
 	if err := be.setMaxDynamicShared(f, smem); err != nil {
 		return err
 	}
-	return be.launch(what, f, dims{s.nb * s.h, s.p / pb, 1}, dims{pb / 8 * 32, 1, 1}, smem,
+	return be.launch(what, f, dims{s.nb * s.h, s.p / pb, 1}, dims{pb / cw * 32, 1, 1}, smem,
 		s.y, s.x, s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.C, s.D, s.D.bf(), s.state,
 		s.l, s.h, s.p, s.hx, s.hb, s.hc)
 }

@@ -1,20 +1,20 @@
 // ssd_tc.cu: chunked scan on the tensor cores for bf16 x, B and C (dt, A,
 // D of either dtype; float32 state and output). Compiled per shape with
 // -DSSD_Q (chunk), -DSSD_PB (headdim columns per block), -DSSD_N
-// (d_state). One block walks the chunks of one (batch, head) for SSD_PB
-// headdim columns with SSD_PB/8 warps; warp w owns headdim columns
-// 8w..8w+7, of y and of the state alike, so the state never leaves its
-// registers.
+// (d_state) and -DSSD_CW (headdim columns per warp, 8 or 16). One block
+// walks the chunks of one (batch, head) for SSD_PB headdim columns with
+// SSD_PB/SSD_CW warps; warp w owns headdim columns CW·w.., of y and of the
+// state alike, so the state never leaves its registers.
 //
 // Per chunk (SSD_Q tokens), between two barriers:
 //   1. x, B (double-buffered) and C arrive in shared memory by cp.async,
 //      one chunk ahead; warp 0 computes the scalars of the next chunk (cs,
 //      exp(cs), the state weights, dt) into the other half of a buffer.
 //   2. Y_off = exp(cs_l)·C·Hᵀ. The state is kept transposed, Hᵀ[n][p], as
-//      the accumulators of m16n8 tiles (rows n, the warp's 8 columns p);
-//      split into bf16 hi + lo and transposed in registers (movmatrix),
-//      each tile is the B fragment of C·Hᵀ.
-//   3. G = C·Bᵀ on the causal 16×8 tiles, turned into
+//      the accumulators of m16n8 tiles (rows n, 8 of the warp's columns
+//      p); split into bf16 hi + lo and transposed in registers
+//      (movmatrix), each tile is a B fragment of C·Hᵀ.
+//   3. G = C·Bᵀ on the causal 16×16 blocks, turned into
 //      W[l][s] = G·exp(cs_l − cs_s)·dt_s (s ≤ l), stored as bf16 hi + lo.
 //      Barrier.
 //   4. y = Y_off + W·x + D·x, stored.
@@ -23,16 +23,26 @@
 // bf16 products are exact and accumulate in float32; every float32 operand
 // (W, H, wd ∘ x) is carried as hi + lo, so each product is good to about
 // 2^-17 relative.
+//
+// Every warp reads all of C, W and Bᵀ from shared memory (ldmatrix), so
+// that traffic grows with the warps of a block: with 16 columns a warp
+// each fragment serves two n8 tiles, at half the warps (tcCols in
+// ssd_ops.go chooses; NOTES.md has the measurements).
 
 #define QT SSD_Q
 #define PB SSD_PB
 #define NS SSD_N
-#define NW (PB / 8)
+#ifndef SSD_CW
+#define SSD_CW 8
+#endif
+#define CW SSD_CW
+#define NJ (CW / 8)        // n8 tiles of a warp's columns
+#define NW (PB / CW)
 #define NT (NW * 32)
 #define LB (QT / 16)       // 16-row blocks of a chunk
-#define TG (LB * (LB + 1)) // causal 16×8 tiles of G
+#define GB (LB * (LB + 1) / 2) // causal 16×16 blocks of G
 #define NK (NS / 16)       // k16 steps over d_state; m16 tiles of the state
-#define NPAIR ((TG + 2 * NW - 1) / (2 * NW)) // pairs of G tiles a warp
+#define NGB ((GB + NW - 1) / NW) // G blocks a warp
 // Row strides (bf16 elements) of the shared tiles: an odd number of 16-byte
 // units, so the 8 rows of an ldmatrix land in distinct banks.
 #define PAD16(w) ((((w) + 7) / 8) % 2 == 0 ? (((w) + 7) / 8) * 8 + 8 : (((w) + 7) / 8) * 8)
@@ -62,11 +72,11 @@
 #define SSD_MINB (QT > 64 ? 1 : 2)
 #endif
 
-#if PB % 16 != 0 || NS % 16 != 0 || QT % 32 != 0 || QT > 128
-#error "ssd_tc needs SSD_PB and SSD_N multiples of 16, SSD_Q a multiple of 32 up to 128"
+#if PB % 16 != 0 || NS % 16 != 0 || QT % 32 != 0 || QT > 128 || (CW != 8 && CW != 16) || PB % CW != 0
+#error "ssd_tc needs SSD_PB and SSD_N multiples of 16, SSD_Q a multiple of 32 up to 128, SSD_CW 8 or 16 dividing SSD_PB"
 #endif
 #if BP > NT
-#error "ssd_tc needs SSD_N ≤ 32·SSD_PB (a row of B in one pass of the block)"
+#error "ssd_tc needs SSD_N ≤ 256·SSD_PB/SSD_CW (a row of B in one pass of the block)"
 #endif
 
 #define TPL (QT / 32) // tokens a lane in the chunk scan
@@ -124,12 +134,13 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
     const int nchunks = (L + QT - 1) / QT;
 
     // Per-lane byte offsets of ldmatrix rows within a tile (stride S):
-    // A from [m][k] (C, W); B from [n][k] (B for G); B from [k][n], x4 over
-    // two k16 steps (x); A from [k][m] (Bᵀ for the state).
+    // A from [m][k] (C, W); B from [n][k], x4 over two n8 tiles (B for G);
+    // B from [k][n], x4 over two k16 steps (x, the warp's columns); A from
+    // [k][m] (Bᵀ for the state).
     const int r8 = lane & 7, j1 = (lane >> 3) & 1, j2 = lane >> 4;
     const unsigned oA_C = ((r8 + 8 * j1) * SN + 8 * j2) * 2, oA_W = ((r8 + 8 * j1) * SQ + 8 * j2) * 2;
-    const unsigned oB_N = (r8 * SN + 8 * j1) * 2;
-    const unsigned oBt_X = ((r8 + 8 * j1 + 16 * j2) * SX + 8 * warp) * 2;
+    const unsigned oB_N = ((r8 + 8 * j2) * SN + 8 * j1) * 2;
+    const unsigned oBt_X = ((r8 + 8 * j1 + 16 * j2) * SX + CW * warp) * 2;
     const unsigned oAt_B = ((r8 + 8 * j2) * SN + 8 * j1) * 2;
 
     // cp.async of one chunk's rows in 16-byte pieces, zeros past the end
@@ -180,27 +191,30 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
     };
     auto load_c = [&](int c) { load_rows(rc, sb + OFF_C, BP, SN, c, C); };
 
-    // The state, transposed: hT[i][q] is Hᵀ[n][p] with n = 16i + g (+8 for
-    // q ≥ 2), p = 8·warp + 2tig (+1 for odd q).
-    float hT[NK][4];
-    const i64 sbase = (((i64)b * H + h) * P + p0 + 8 * warp + 2 * tig) * NS + g;
+    // The state, transposed: hT[i][j][q] is Hᵀ[n][p] with n = 16i + g (+8
+    // for q ≥ 2), p = CW·warp + 8j + 2tig (+1 for odd q).
+    float hT[NK][NJ][4];
+    const i64 sbase = (((i64)b * H + h) * P + p0 + CW * warp + 2 * tig) * NS + g;
 #pragma unroll
     for (int i = 0; i < NK; i++) {
 #pragma unroll
-        for (int q = 0; q < 4; q++) hT[i][q] = state ? state[sbase + (q & 1) * NS + 16 * i + 8 * (q >> 1)] : 0.f;
+        for (int j = 0; j < NJ; j++) {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                hT[i][j][q] = state ? state[sbase + (8 * j + (q & 1)) * NS + 16 * i + 8 * (q >> 1)] : 0.f;
+        }
     }
 
-    // The causal G tiles of this warp, two at a time: tiles warp + 2u·NW
-    // and warp + (2u+1)·NW of the row-major list (16-row block i, 8-column
-    // block j ≤ 2i+1), packed as i0 | j0 << 8 | i1 << 16 | j1 << 24.
-    int tile[NPAIR];
+    // The causal 16×16 blocks of G this warp computes: blocks warp + u·NW
+    // of the row-major list (16-row block i, 16-column block jj ≤ i),
+    // packed as i | jj << 8.
+    int gblk[NGB];
 #pragma unroll
-    for (int u = 0; u < NPAIR; u++) {
-        const int t0 = warp + u * 2 * NW, t1 = t0 + NW;
-        int i0 = 0, i1 = 0;
-        while ((i0 + 1) * (i0 + 2) <= t0) i0++;
-        while ((i1 + 1) * (i1 + 2) <= t1) i1++;
-        tile[u] = i0 | (t0 - i0 * (i0 + 1)) << 8 | i1 << 16 | (t1 - i1 * (i1 + 1)) << 24;
+    for (int u = 0; u < NGB; u++) {
+        const int t = warp + u * NW;
+        int i = 0;
+        while ((i + 1) * (i + 2) / 2 <= t) i++;
+        gblk[u] = i | (t - i * (i + 1) / 2) << 8;
     }
 
     // Prologue: chunk 0's inputs and scalars, chunk 1's dt in registers.
@@ -235,37 +249,52 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         const unsigned sX = sb + OFF_X + st * QT * SX * 2, sB = sb + OFF_B + st * QT * SN * 2;
 
         // 2. Y_off = exp(cs_l)·C·Hᵀ for the warp's columns of every row.
-        float yacc[LB][4];
+        float yacc[LB][NJ][4];
 #pragma unroll
-        for (int i = 0; i < LB; i++) yacc[i][0] = yacc[i][1] = yacc[i][2] = yacc[i][3] = 0.f;
+        for (int i = 0; i < LB; i++) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++) yacc[i][j][0] = yacc[i][j][1] = yacc[i][j][2] = yacc[i][j][3] = 0.f;
+        }
 #pragma unroll
         for (int k = 0; k < ((SSD_SKIP & 1) ? 0 : NK); k++) {
-            // B fragments of Hᵀ rows 16k.. (hi, lo): the accumulator tile
-            // rows g and g+8, packed, transposed.
-            unsigned hh[2], hl[2];
-            split_bf16x2(hT[k][0], hT[k][1], hh[0], hl[0]);
-            split_bf16x2(hT[k][2], hT[k][3], hh[1], hl[1]);
-            hh[0] = movm_trans(hh[0]);
-            hh[1] = movm_trans(hh[1]);
-            hl[0] = movm_trans(hl[0]);
-            hl[1] = movm_trans(hl[1]);
+            // B fragments of Hᵀ rows 16k.. (hi, lo) for each n8 tile: the
+            // accumulator rows g and g+8, packed, transposed.
+            unsigned hh[NJ][2], hl[NJ][2];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                split_bf16x2(hT[k][j][0], hT[k][j][1], hh[j][0], hl[j][0]);
+                split_bf16x2(hT[k][j][2], hT[k][j][3], hh[j][1], hl[j][1]);
+                hh[j][0] = movm_trans(hh[j][0]);
+                hh[j][1] = movm_trans(hh[j][1]);
+                hl[j][0] = movm_trans(hl[j][0]);
+                hl[j][1] = movm_trans(hl[j][1]);
+            }
             unsigned af[LB][4];
 #pragma unroll
             for (int i = 0; i < LB; i++) ldsm_x4(af[i], sb + OFF_C + ((16 * i) * SN + 16 * k) * 2 + oA_C);
-            // hi terms of every row block, then lo terms: consecutive mma
+            // hi terms of every tile, then lo terms: consecutive mma
             // instructions never wait on each other's accumulator.
 #pragma unroll
-            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hh);
+            for (int i = 0; i < LB; i++) {
 #pragma unroll
-            for (int i = 0; i < LB; i++) mma_bf16_16816(yacc[i], af[i], hl);
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], af[i], hh[j]);
+            }
+#pragma unroll
+            for (int i = 0; i < LB; i++) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], af[i], hl[j]);
+            }
         }
 #pragma unroll
         for (int i = 0; i < LB; i++) {
             const float e0 = ecs[16 * i + g], e1 = ecs[16 * i + g + 8];
-            yacc[i][0] *= e0;
-            yacc[i][1] *= e0;
-            yacc[i][2] *= e1;
-            yacc[i][3] *= e1;
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                yacc[i][j][0] *= e0;
+                yacc[i][j][1] *= e0;
+                yacc[i][j][2] *= e1;
+                yacc[i][j][3] *= e1;
+            }
         }
 
         // 3. W[l][s] of one G tile (rows 16i.., columns 8j..), as hi + lo.
@@ -288,27 +317,23 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
                 *(unsigned*)(dyn_smem + OFF_WL + (l * SQ + s) * 2) = lo;
             }
         };
-        // Two tiles per warp at a time.
+        // G on the warp's 16×16 blocks: one C fragment and two n8 tiles of
+        // B a k step.
 #pragma unroll
-        for (int u = 0; u < ((SSD_SKIP & 2) ? 0 : NPAIR); u++) {
-            if (warp + u * 2 * NW >= TG) break;
-            const int i0 = tile[u] & 0xff, j0 = (tile[u] >> 8) & 0xff, i1 = (tile[u] >> 16) & 0xff, j1t = tile[u] >> 24;
-            const bool two = warp + u * 2 * NW + NW < TG;
-            float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int u = 0; u < ((SSD_SKIP & 2) ? 0 : NGB); u++) {
+            if (warp + u * NW >= GB) break;
+            const int i = gblk[u] & 0xff, jj = gblk[u] >> 8;
+            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
             for (int k = 0; k < NK; k++) {
-                unsigned af[4], bfr[2];
-                ldsm_x4(af, sb + OFF_C + ((16 * i0) * SN + 16 * k) * 2 + oA_C);
-                ldsm_x2(bfr, sB + ((8 * j0) * SN + 16 * k) * 2 + oB_N);
-                mma_bf16_16816(acc0, af, bfr);
-                if (two) {
-                    ldsm_x4(af, sb + OFF_C + ((16 * i1) * SN + 16 * k) * 2 + oA_C);
-                    ldsm_x2(bfr, sB + ((8 * j1t) * SN + 16 * k) * 2 + oB_N);
-                    mma_bf16_16816(acc1, af, bfr);
-                }
+                unsigned af[4], bfr[4];
+                ldsm_x4(af, sb + OFF_C + ((16 * i) * SN + 16 * k) * 2 + oA_C);
+                ldsm_x4(bfr, sB + ((16 * jj) * SN + 16 * k) * 2 + oB_N);
+                mma_bf16_16816(acc[0], af, bfr);
+                mma_bf16_16816(acc[1], af, bfr + 2);
             }
-            emit_w(acc0, i0, j0);
-            if (two) emit_w(acc1, i1, j1t);
+            emit_w(acc[0], i, 2 * jj);
+            emit_w(acc[1], i, 2 * jj + 1);
         }
         __syncthreads(); // (B) W is complete; Y_off and G have read C
         if (!(SSD_SKIP & 16) && c + 1 < nchunks) load_c(c + 1);
@@ -323,12 +348,15 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
         }
 
         // 4. y = Y_off + W·x + D·x, stored.
-        unsigned xf[LB][2]; // B fragments of x: s-step k, the warp's columns
+        unsigned xf[LB][NJ][2]; // B fragments of x: s-step k, n8 tile j
 #pragma unroll
         for (int k = 0; k < LB; k += 2) {
-            unsigned r4[4];
-            ldsm_x4_trans(r4, sX + (16 * k) * SX * 2 + oBt_X);
-            xf[k][0] = r4[0], xf[k][1] = r4[1], xf[k + 1][0] = r4[2], xf[k + 1][1] = r4[3];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                unsigned r4[4];
+                ldsm_x4_trans(r4, sX + ((16 * k) * SX + 8 * j) * 2 + oBt_X);
+                xf[k][j][0] = r4[0], xf[k][j][1] = r4[1], xf[k + 1][j][0] = r4[2], xf[k + 1][j][1] = r4[3];
+            }
         }
 #pragma unroll
         for (int k = 0; k < ((SSD_SKIP & 4) ? 0 : LB); k++) {
@@ -336,27 +364,30 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
             for (int i = k; i < LB; i++) {
                 unsigned wh[4];
                 ldsm_x4(wh, sb + OFF_WH + ((16 * i) * SQ + 16 * k) * 2 + oA_W);
-                mma_bf16_16816(yacc[i], wh, xf[k]);
+#pragma unroll
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], wh, xf[k][j]);
             }
 #pragma unroll
             for (int i = k; i < LB; i++) {
                 unsigned wl[4];
                 ldsm_x4(wl, sb + OFF_WL + ((16 * i) * SQ + 16 * k) * 2 + oA_W);
-                mma_bf16_16816(yacc[i], wl, xf[k]);
+#pragma unroll
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], wl, xf[k][j]);
             }
         }
-        {
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
             // D·x from the A-fragment layout of x (rows g, g+8 of each
-            // 16-row block, the warp's columns 2tig, 2tig+1), then the store.
-            float* yr = y + ((row0 + (i64)c * QT + g) * H + h) * (i64)P + p0 + 8 * warp + 2 * tig;
+            // 16-row block, columns 8j + 2tig, +1), then the store.
+            float* yr = y + ((row0 + (i64)c * QT + g) * H + h) * (i64)P + p0 + CW * warp + 8 * j + 2 * tig;
             const int left = L - c * QT - g;
 #pragma unroll
             for (int i = 0; i < LB; i += 2) {
                 unsigned xr[4]; // rows 16i + g, +8, +16, +24
-                ldsm_x4(xr, sX + ((16 * i + lane) * SX + 8 * warp) * 2);
+                ldsm_x4(xr, sX + ((16 * i + lane) * SX + CW * warp + 8 * j) * 2);
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    const float* a = yacc[i + (q >> 1)] + 2 * (q & 1);
+                    const float* a = yacc[i + (q >> 1)][j] + 2 * (q & 1);
                     if (8 * (2 * i + q) < left) st_global_f2(yr, a[0] + dd * bf16_lo(xr[q]), a[1] + dd * bf16_hi(xr[q]));
                     yr += 8 * ystep;
                 }
@@ -369,23 +400,35 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
 #pragma unroll
         for (int i = 0; i < NK; i++) {
 #pragma unroll
-            for (int q = 0; q < 4; q++) hT[i][q] *= decay;
+            for (int j = 0; j < NJ; j++) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) hT[i][j][q] *= decay;
+            }
         }
 #pragma unroll
         for (int k = 0; k < LB; k++) {
             // Fragment registers 0 and 1 hold s = 16k + 2tig (+1) and s + 8 (+9).
             const int s0 = 16 * k + 2 * tig;
             const float2 w0 = *(const float2*)(wd + s0), w1 = *(const float2*)(wd + s0 + 8);
-            unsigned xh[2], xl[2];
-            split_bf16x2(bf16_lo(xf[k][0]) * w0.x, bf16_hi(xf[k][0]) * w0.y, xh[0], xl[0]);
-            split_bf16x2(bf16_lo(xf[k][1]) * w1.x, bf16_hi(xf[k][1]) * w1.y, xh[1], xl[1]);
+            unsigned xh[NJ][2], xl[NJ][2];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                split_bf16x2(bf16_lo(xf[k][j][0]) * w0.x, bf16_hi(xf[k][j][0]) * w0.y, xh[j][0], xl[j][0]);
+                split_bf16x2(bf16_lo(xf[k][j][1]) * w1.x, bf16_hi(xf[k][j][1]) * w1.y, xh[j][1], xl[j][1]);
+            }
             unsigned af[NK][4];
 #pragma unroll
             for (int i = 0; i < NK; i++) ldsm_x4_trans(af[i], sB + ((16 * k) * SN + 16 * i) * 2 + oAt_B);
 #pragma unroll
-            for (int i = 0; i < NK; i++) mma_bf16_16816(hT[i], af[i], xh);
+            for (int i = 0; i < NK; i++) {
 #pragma unroll
-            for (int i = 0; i < NK; i++) mma_bf16_16816(hT[i], af[i], xl);
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(hT[i][j], af[i], xh[j]);
+            }
+#pragma unroll
+            for (int i = 0; i < NK; i++) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++) mma_bf16_16816(hT[i][j], af[i], xl[j]);
+            }
         }
     }
     cp_async_wait0();
@@ -393,7 +436,10 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc(float* y, co
 #pragma unroll
         for (int i = 0; i < NK; i++) {
 #pragma unroll
-            for (int q = 0; q < 4; q++) state[sbase + (q & 1) * NS + 16 * i + 8 * (q >> 1)] = hT[i][q];
+            for (int j = 0; j < NJ; j++) {
+#pragma unroll
+                for (int q = 0; q < 4; q++) state[sbase + (8 * j + (q & 1)) * NS + 16 * i + 8 * (q >> 1)] = hT[i][j][q];
+            }
         }
     }
 }
