@@ -96,22 +96,22 @@ type StepReport struct {
 
 // TrainResult summarises a run.
 type TrainResult struct {
-	Out         string          `json:"out"`
-	Steps       int             `json:"steps"`       // updates done in all
-	StepsTotal  int             `json:"steps_total"` // updates planned
-	ResumedFrom int             `json:"resumed_from"`
-	Interrupted bool            `json:"interrupted"`
-	Samples     int             `json:"samples"` // dataset size
-	Skipped     int             `json:"skipped"` // bad records left out
-	Final       trainlog.Losses `json:"final_losses"`
-	FirstLoss   float64         `json:"first_loss"` // total loss of this run's first update
-	TokensPerS  float64         `json:"tokens_per_s"`
-	Seconds     float64         `json:"seconds"`
-	Checkpoint  string          `json:"checkpoint"` // the last checkpoint written
-	Export      string          `json:"export,omitempty"`
-	Metrics     string          `json:"metrics"`
-	Plot        string          `json:"plot,omitempty"`
-	Trainable   int64           `json:"trainable_parameters"`
+	Out         string     `json:"out"`
+	Steps       int        `json:"steps"`       // updates done in all
+	StepsTotal  int        `json:"steps_total"` // updates planned
+	ResumedFrom int        `json:"resumed_from"`
+	Interrupted bool       `json:"interrupted"`
+	Samples     int        `json:"samples"` // dataset size
+	Skipped     int        `json:"skipped"` // bad records left out
+	Final       LossValues `json:"final_losses"`
+	FirstLoss   float64    `json:"first_loss"` // total loss of this run's first update
+	TokensPerS  float64    `json:"tokens_per_s"`
+	Seconds     float64    `json:"seconds"`
+	Checkpoint  string     `json:"checkpoint"` // the last checkpoint written
+	Export      string     `json:"export,omitempty"`
+	Metrics     string     `json:"metrics"`
+	Plot        string     `json:"plot,omitempty"`
+	Trainable   int64      `json:"trainable_parameters"`
 }
 
 // Recipe returns the reference recipe's options (SPEC §1): AdamW at 2e-4
@@ -387,7 +387,7 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 		if step == start {
 			res.FirstLoss = rec.Losses.Total
 		}
-		res.Final, res.Steps = rec.Losses, step+1
+		res.Final, res.Steps = lossValues(rec.Losses), step+1
 		if o.OnStep != nil {
 			o.OnStep(StepReport{Step: step + 1, Steps: t.steps, Record: *rec, Skipped: skipped, ResumedAt: start, TokensInStep: ntok})
 		}
@@ -426,7 +426,7 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 	if !o.NoExport {
 		res.Export = filepath.Join(o.Out, "final")
 		if err := Export(t.student, res.Export, ExportInfo{Version: o.Version, Teacher: o.Teacher, Data: o.Data,
-			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, Final: res.Final}); err != nil {
+			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, TrainAll: o.TrainAll, Final: res.Final}); err != nil {
 			return res, err
 		}
 	}

@@ -21,14 +21,28 @@ const provenanceName = "matsurgery.json"
 
 // ExportInfo is the "distill" record of an export's matsurgery.json.
 type ExportInfo struct {
-	Version string          `json:"version,omitempty"`
-	Teacher string          `json:"teacher,omitempty"`
-	Data    string          `json:"data,omitempty"`
-	Steps   int             `json:"steps"`
-	Seed    uint64          `json:"seed"`
-	Loss    LossConfig      `json:"loss"`
-	Final   trainlog.Losses `json:"final_losses"`
-	Date    string          `json:"date,omitempty"`
+	Version string     `json:"version,omitempty"`
+	Teacher string     `json:"teacher,omitempty"`
+	Data    string     `json:"data,omitempty"`
+	Steps   int        `json:"steps"`
+	Seed    uint64     `json:"seed"`
+	Loss    LossConfig `json:"loss"`
+	// TrainAll: every parameter trained (a plain checkpoint fine-tuned).
+	TrainAll bool       `json:"train_all,omitempty"`
+	Final    LossValues `json:"final_losses"`
+	Date     string     `json:"date,omitempty"`
+}
+
+// LossValues are an update's loss terms (trainlog.Losses with JSON names).
+type LossValues struct {
+	KL    float64 `json:"kl"`
+	L2    float64 `json:"l2"`
+	CE    float64 `json:"ce"`
+	Total float64 `json:"total"`
+}
+
+func lossValues(l trainlog.Losses) LossValues {
+	return LossValues{KL: l.KL, L2: l.L2, CE: l.CE, Total: l.Total}
 }
 
 // MarshalJSON writes the loss configuration with its distance by name.
