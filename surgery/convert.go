@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edsrzf/mmap-go"
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
 	"github.com/matsurgery/matsurgery/layout"
@@ -93,14 +94,13 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	go func() {
 		defer wg.Done()
 		t := time.Now()
-		hashes, hashErr = hashTeacher(ctx, o.Teacher, j.Teacher.Files)
+		hashes, hashErr = hashTeacher(ctx, o.Teacher)
 		hashSeconds = time.Since(t).Seconds()
 	}()
 	defer wg.Wait()
 
 	t0 := time.Now()
-	shardHashes, err := j.writeTensors(ctx, tmp, prog, stages)
-	if err != nil {
+	if err := j.writeTensors(ctx, tmp, prog, stages); err != nil {
 		return nil, err
 	}
 	stages["tensors"] = time.Since(t0).Seconds()
@@ -114,12 +114,9 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	t0 = time.Now()
 	wg.Wait()
 	stages["waiting for the hash"] = time.Since(t0).Seconds()
-	stages["sha256 of the teacher's other files (concurrent)"] = hashSeconds
+	stages["sha256 of the teacher (concurrent)"] = hashSeconds
 	if hashErr != nil {
 		return nil, hashErr
-	}
-	for name, sum := range shardHashes {
-		hashes[name] = sum
 	}
 	prov := j.provenance(hashes)
 	pb, _ := json.MarshalIndent(prov, "", "  ")
@@ -140,7 +137,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 	return res, nil
 }
 
-func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Reporter, stages map[string]float64) (map[string]string, error) {
+func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Reporter, stages map[string]float64) error {
 	opts := formats.WriterOptions{Metadata: map[string]string{"format": "pt"}}
 	switch {
 	case j.Opts.ShardSize > 0:
@@ -154,7 +151,7 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 	}
 	w, err := formats.NewWriter(dir, j.Specs, opts)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer w.Abort()
 	var total int64
@@ -206,15 +203,15 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 	}()
 	var mixer map[string]*initmap.Tensor
 	mixerLayer := -1
-	shards := map[string]*teacherShard{}
+	files := map[string]*os.File{}
 	defer func() {
-		for _, sh := range shards {
-			sh.f.Close()
+		for _, f := range files {
+			f.Close()
 		}
 	}()
 	for _, s := range j.Specs {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		size := numel(s.Shape) * int64(s.DType.Size())
 		if l, ok := added[s.Name]; ok {
@@ -222,13 +219,13 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 				t := time.Now()
 				b, ok := <-ahead
 				if !ok && ctx.Err() != nil {
-					return nil, ctx.Err()
+					return ctx.Err()
 				}
 				if !ok || b.layer != l {
-					return nil, fmt.Errorf("internal: mixer of layer %d built out of order", l)
+					return fmt.Errorf("internal: mixer of layer %d built out of order", l)
 				}
 				if b.err != nil {
-					return nil, b.err
+					return b.err
 				}
 				stages["mixer init (concurrent)"] += b.secs
 				stages["waiting for a mixer"] += time.Since(t).Seconds()
@@ -236,49 +233,32 @@ func (j *Job) writeTensors(ctx context.Context, dir string, prog progress.Report
 			}
 			t := mixer[strings.TrimPrefix(s.Name, layout.MambaPrefix(l))]
 			if err := w.WriteBytes(s.Name, t.Data); err != nil {
-				return nil, err
+				return err
 			}
 			prog.Add(size)
 			continue
 		}
 		info, _ := j.Teacher.Tensor(s.Name)
-		sh := shards[info.File]
-		if sh == nil {
-			if sh, err = openShard(info.File); err != nil {
-				return nil, err
+		f := files[info.File]
+		if f == nil {
+			if f, err = os.Open(info.File); err != nil {
+				return err
 			}
-			shards[info.File] = sh
+			files[info.File] = f
 		}
-		r, err := sh.tensor(info.Offset, info.Size)
-		if err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		// A LimitedReader over the *os.File lets the kernel copy (copy_file_range).
+		if _, err := f.Seek(info.Offset, io.SeekStart); err != nil {
+			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
 		}
-		if err := w.Write(s.Name, r); err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
+		if err := w.Write(s.Name, &io.LimitedReader{R: f, N: info.Size}); err != nil {
+			return fmt.Errorf("%s: tensor %s: %w", info.File, s.Name, err)
 		}
 		prog.Add(size)
-	}
-	// Every teacher shard is hashed to its end (what follows the last copied
-	// tensor, and shards nothing was copied from).
-	hashes := map[string]string{}
-	for _, name := range j.Teacher.Files {
-		sh := shards[name]
-		if sh == nil {
-			if sh, err = openShard(name); err != nil {
-				return nil, err
-			}
-			shards[name] = sh
-		}
-		sum, err := sh.finish()
-		if err != nil {
-			return nil, err
-		}
-		hashes[filepath.Base(name)] = sum
 	}
 	t := time.Now()
 	err = w.Commit()
 	stages["commit (fsync)"] = time.Since(t).Seconds()
-	return hashes, err
+	return err
 }
 
 func (j *Job) buildMixer(l int) (map[string]*initmap.Tensor, error) {
@@ -338,20 +318,16 @@ func (j *Job) provenance(hashes map[string]string) Provenance {
 	return p
 }
 
-// hashTeacher hashes the teacher's files other than its shards (those are
-// hashed as they are copied), several at once.
-func hashTeacher(ctx context.Context, dir string, shards []string) (map[string]string, error) {
-	skip := map[string]bool{}
-	for _, s := range shards {
-		skip[filepath.Base(s)] = true
-	}
+// hashTeacher hashes the teacher's files, several at once (sha256 of one file
+// is sequential; the shards are independent).
+func hashTeacher(ctx context.Context, dir string) (map[string]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && !skip[e.Name()] {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
 			names = append(names, e.Name())
 		}
 	}
@@ -384,7 +360,9 @@ func hashTeacher(ctx context.Context, dir string, shards []string) (map[string]s
 	return out, ctx.Err()
 }
 
-// SHA256File is the hex sha256 of a file.
+// SHA256File is the hex sha256 of a file. The file is hashed through a
+// read-only memory map when it can be (no copy into user space: the hash is
+// the only work), else by reads.
 func SHA256File(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -392,10 +370,43 @@ func SHA256File(path string) (string, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		ok, err := hashMapped(h, f, st.Size())
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", path, err)
+		}
+		if ok {
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+	}
+	h.Reset()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// hashMapped feeds f to h through read-only mappings of a bounded window
+// (so resident memory stays small whatever the file's size); false when
+// mapping fails before anything was hashed.
+func hashMapped(h hash.Hash, f *os.File, size int64) (bool, error) {
+	const window = 64 << 20 // a multiple of every page size
+	for off := int64(0); off < size; off += window {
+		n := int(min(window, size-off))
+		m, err := mmap.MapRegion(f, n, mmap.RDONLY, 0, off)
+		if err != nil {
+			if off == 0 {
+				return false, nil
+			}
+			return false, fmt.Errorf("map at offset %d: %w", off, err)
+		}
+		h.Write(m)
+		m.Unmap()
+	}
+	return true, nil
 }
 
 // copySideFiles copies the teacher's other files (tokenizer, configs, …).
@@ -448,56 +459,4 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-// teacherShard reads one teacher shard front to back exactly once, hashing
-// every byte; the tensors that are copied stream out of that same read, so
-// the teacher is read once for both the copy and its provenance hash.
-type teacherShard struct {
-	f    *os.File
-	h    hash.Hash
-	pos  int64 // bytes hashed so far
-	size int64
-}
-
-func openShard(path string) (*teacherShard, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &teacherShard{f: f, h: sha256.New(), size: st.Size()}, nil
-}
-
-// skipTo hashes the bytes up to off (a header, or tensors not copied).
-func (t *teacherShard) skipTo(off int64) error {
-	if off < t.pos {
-		return fmt.Errorf("internal: %s read out of order (at %d, asked for %d)", t.f.Name(), t.pos, off)
-	}
-	if _, err := io.Copy(t.h, io.NewSectionReader(t.f, t.pos, off-t.pos)); err != nil {
-		return fmt.Errorf("%s: %w", t.f.Name(), err)
-	}
-	t.pos = off
-	return nil
-}
-
-// tensor returns a reader of the size bytes at off that hashes what it reads.
-func (t *teacherShard) tensor(off, size int64) (io.Reader, error) {
-	if err := t.skipTo(off); err != nil {
-		return nil, err
-	}
-	t.pos = off + size
-	return io.TeeReader(io.NewSectionReader(t.f, off, size), t.h), nil
-}
-
-// finish hashes the rest of the file and returns its sha256.
-func (t *teacherShard) finish() (string, error) {
-	if err := t.skipTo(t.size); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(t.h.Sum(nil)), nil
 }
