@@ -147,6 +147,11 @@ type trainer struct {
 // Train runs (or resumes) a distillation. Cancelling ctx stops it between
 // samples: the last completed update is checkpointed and the result says
 // Interrupted (the error is nil).
+//
+// Not done: the recipe's dropout (resid_pdrop 0.1 in the student) — the
+// blocks of this package have none, so training is deterministic and draws
+// no random numbers; the bf16 autocast of the reference (here everything
+// computes in float32 with float64 sums, on float32 master weights).
 func Train(ctx context.Context, opts TrainOptions) (*TrainResult, error) {
 	t, err := newTrainer(opts)
 	if err != nil {

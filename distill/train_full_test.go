@@ -2,9 +2,11 @@ package distill
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/matsurgery/matsurgery/formats"
@@ -34,7 +36,8 @@ func fullLoss(t *testing.T, f *fullModel, ids, labels []int, pixels []float32) f
 // families: parallel LayerNorm blocks with an untied biased head, and
 // sequential RMSNorm SwiGLU blocks with GQA, tied or untied) agrees with
 // central finite differences of the loss on its largest-gradient element
-// (and on a random one of every fourth tensor).
+// (and on a random one of every other tensor), for the tensors outside the
+// decoder layers and those of the first and last layers.
 func TestFullGradientsFiniteDifferences(t *testing.T) {
 	for _, fx := range []struct{ family, dir string }{{"phi", "phi-tiny"}, {"qwen2", "qwen2-tiny"}, {"llama", "llama-tiny"}} {
 		t.Run(fx.family, func(t *testing.T) {
@@ -69,7 +72,15 @@ func TestFullGradientsFiniteDifferences(t *testing.T) {
 			rng := newRand(5)
 			const eps = 1e-2
 			worst := 0.0
+			last := fmt.Sprintf(".layers.%d.", f.s.NumLayers()-1)
+			checked := 0
 			for k, p := range f.params {
+				// Decoder layers in between are the same code as the first
+				// and the last: check those two (time).
+				if strings.Contains(p.Name, ".layers.") && !strings.Contains(p.Name, ".layers.0.") && !strings.Contains(p.Name, last) {
+					continue
+				}
+				checked++
 				grad := slices.Clone(p.Grad)
 				big := 0
 				for i, v := range grad {
@@ -78,7 +89,7 @@ func TestFullGradientsFiniteDifferences(t *testing.T) {
 					}
 				}
 				picks := []int{big}
-				if k%4 == 0 { // a random element too, on every fourth tensor (time)
+				if k%2 == 0 { // a random element too, on every other tensor (time)
 					picks = append(picks, rng.IntN(p.Len()))
 				}
 				for _, i := range picks {
@@ -99,7 +110,7 @@ func TestFullGradientsFiniteDifferences(t *testing.T) {
 					}
 				}
 			}
-			t.Logf("%d tensors; worst relative error on gradients above 1e-2: %.2g", len(f.params), worst)
+			t.Logf("%d of %d tensors checked; worst relative error on gradients above 1e-2: %.2g", checked, len(f.params), worst)
 		})
 	}
 }
