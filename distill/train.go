@@ -370,7 +370,7 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 	res.ResumedFrom, res.Steps = start, start
 	began := time.Now()
 	var tokens int64
-	saved := start
+	saved, logged := start, false
 	for step := start; step < t.steps; step++ {
 		rec, skipped, ntok, err := t.update(ctx, step)
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -382,19 +382,21 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 		}
 		res.Skipped += skipped
 		tokens += int64(ntok)
-		if rec == nil { // every sample of the step was a bad record
-			continue
-		}
-		rec.Elapsed = elapsed0 + time.Since(began)
-		if err := t.log.Write(*rec); err != nil {
-			return res, fmt.Errorf("distill: step %d: %w", step+1, err)
-		}
-		if step == start {
-			res.FirstLoss = rec.Losses.Total
-		}
-		res.Final, res.Steps = lossValues(rec.Losses), step+1
-		if o.OnStep != nil {
-			o.OnStep(StepReport{Step: step + 1, Steps: t.steps, Record: *rec, Skipped: skipped, ResumedAt: start, TokensInStep: ntok})
+		res.Steps = step + 1
+		// A step whose samples were all bad records updates nothing and
+		// logs no line, but counts as done.
+		if rec != nil {
+			rec.Elapsed = elapsed0 + time.Since(began)
+			if err := t.log.Write(*rec); err != nil {
+				return res, fmt.Errorf("distill: step %d: %w", step+1, err)
+			}
+			if !logged {
+				res.FirstLoss, logged = rec.Losses.Total, true
+			}
+			res.Final = lossValues(rec.Losses)
+			if o.OnStep != nil {
+				o.OnStep(StepReport{Step: step + 1, Steps: t.steps, Record: *rec, Skipped: skipped, ResumedAt: start, TokensInStep: ntok})
+			}
 		}
 		if o.SaveEvery > 0 && (step+1)%o.SaveEvery == 0 && step+1 < t.steps {
 			path, err := t.dir.save(t.state(step+1, elapsed0+time.Since(began)), t.params, t.opt, o.Keep)

@@ -324,3 +324,39 @@ func BenchmarkTrainUpdate(b *testing.B) {
 		})
 	}
 }
+
+// --epochs counts updates from the data; a record whose picture is missing
+// is skipped (and counted) under Skip and stops the run under Stop.
+func TestTrainEpochsAndBadRecords(t *testing.T) {
+	data := shapesData(t, 3, 4)
+	if err := os.Remove(filepath.Join(filepath.Dir(data), "images", "000001.png")); err != nil {
+		t.Fatal(err)
+	}
+	o := trainOpts(t, data)
+	o.Steps, o.Epochs, o.OnBadRecord, o.NoExport = 0, 2, dataset.Skip, true
+	res, err := Train(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := trainlog.Read(res.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 samples, 2 per update: 2 updates an epoch. An update whose only
+	// sample is the bad one logs no line.
+	if res.StepsTotal != 4 || res.Steps != 4 || len(recs) != 3 {
+		t.Errorf("steps %d of %d, %d metrics lines", res.Steps, res.StepsTotal, len(recs))
+	}
+	for _, r := range recs {
+		if r.Epoch != float64(r.Step)/2 {
+			t.Errorf("step %d: epoch %g, want %g", r.Step, r.Epoch, float64(r.Step)/2)
+		}
+	}
+	if res.Skipped != 2 { // the missing picture, once per epoch
+		t.Errorf("skipped %d samples, want 2", res.Skipped)
+	}
+	o.Out, o.OnBadRecord = filepath.Join(t.TempDir(), "stop"), dataset.Stop
+	if _, err := Train(context.Background(), o); err == nil || !strings.Contains(err.Error(), "000001.png") {
+		t.Errorf("under Stop: %v", err)
+	}
+}
