@@ -41,7 +41,7 @@ type CLI struct {
 	Synth              SynthCmd                     `cmd:"" help:"Write a random-weight TinyLLaVA checkpoint of real shapes (for tests, demos, benchmarks)."`
 	Verify             VerifyCmd                    `cmd:"" help:"Prove a hybrid: linear-attention identity, chunked vs sequential scan, distance to softmax attention, integrity."`
 	Distill            DistillCmd                   `cmd:"" help:"Distil a hybrid from its teacher (KL + layer L2 [+ CE]), with checkpoints, exact resume and an exported hybrid."`
-	Demo               DemoCmd                      `cmd:"" help:"Run the whole pipeline on a tiny embedded teacher: convert, verify, distil, answer (about a minute on a laptop)."`
+	Demo               DemoCmd                      `cmd:"" help:"Run the whole pipeline on a tiny embedded teacher: convert, verify, distil, answer (seconds on a laptop CPU)."`
 	Devices            DevicesCmd                   `cmd:"" help:"Show the compute devices matsurgery can use (GPU driver, libraries, memory) or why not."`
 	Version            VersionCmd                   `cmd:"" help:"Print the version."`
 	InstallCompletions kongplete.InstallCompletions `cmd:"" help:"Install shell completions (bash, zsh, fish)."`
