@@ -193,7 +193,8 @@ func run(ctx context.Context, c config) error {
 		}
 		last := meanLast(recs, 5)
 		say("%s distilled: loss %.4g → %.4g (KL %.3g, L2 %.3g), accuracy %.1f%%, %.0f tokens/s", v.model, res.FirstLoss, last, res.Final.KL, res.Final.L2, 100*acc.Accuracy, res.TokensPerS)
-		rows = append(rows, row{model: v.model, init: v.init, loss: v.loss, acc: acc, first: res.FirstLoss, last: last, tokS: res.TokensPerS})
+		first := recs[0].Losses.KL + recs[0].Losses.L2
+		rows = append(rows, row{model: v.model, init: v.init, loss: v.loss, acc: acc, first: first, last: last, tokS: res.TokensPerS})
 	}
 	printTable(os.Stdout, c, rows, tacc.Accuracy, time.Since(began))
 	return nil
