@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
@@ -301,11 +302,7 @@ func (lv *layerVerifier) upload(p *pool, c *formats.Checkpoint, name string, r0,
 		return nil, fmt.Errorf("%s: tensor %s: %w", info.File, name, err)
 	}
 	if info.DType == formats.BF16 && len(shape) == 2 {
-		bits := make([]uint16, size/2)
-		for i := range bits {
-			bits[i] = binary.LittleEndian.Uint16(raw[2*i:])
-		}
-		return p.keep(lv.be.UploadBF16(bits, shape...))
+		return p.keep(lv.be.UploadBF16(bf16Bits(raw), shape...))
 	}
 	v := make([]float32, size/es)
 	if err := formats.DecodeFloat32(info.DType, raw, v); err != nil {
@@ -728,4 +725,19 @@ func relErr64(got []float32, want []float64) float64 {
 		return math.Inf(1)
 	}
 	return math.Sqrt(num / den)
+}
+
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// bf16Bits views little-endian raw bf16 bytes as uint16s (no copy on a
+// little-endian machine; the allocator aligns the buffer).
+func bf16Bits(raw []byte) []uint16 {
+	if littleEndian && len(raw) >= 2 {
+		return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(raw))), len(raw)/2)
+	}
+	bits := make([]uint16, len(raw)/2)
+	for i := range bits {
+		bits[i] = binary.LittleEndian.Uint16(raw[2*i:])
+	}
+	return bits
 }

@@ -200,6 +200,8 @@ func RunGolden(t *testing.T, newBackend func() kernels.Backend, dir string, tol 
 		fn         func(*env, *Golden)
 	}{
 		{"Mamba2Mixer", "mamba2_mixer.safetensors", s.goldenMixer},
+		// ngroups = 1: the layout transformers' Mamba2Mixer shares with ours; kernels_ref.py checked this golden against it.
+		{"Mamba2MixerNGroups1", "mamba2_mixer_ngroups1.safetensors", s.goldenMixer},
 		{"SSDScan", "ssd_scan.safetensors", s.goldenSSD},
 		{"LinearAttention", "linear_attention.safetensors", s.goldenLinear},
 		{"SoftmaxAttention", "softmax_attention.safetensors", s.goldenSoftmax},
