@@ -73,6 +73,9 @@ type layerActs struct {
 	n2  normStats
 	h2  []float32 // post-attention norm's output (dropped after the forward: the MLP is frozen)
 	up  []float32 // MLP up projection before the activation
+	// Residual dropout's masks on the token mixer's and the MLP's outputs
+	// (nil: none).
+	dropMix, dropMLP *dropMask
 }
 
 // attnShape is the attention of this model over the fused qkv buffer.
@@ -88,16 +91,21 @@ func (s textSizes) attnShape(n int) attnShape {
 //	Llama/Qwen2:  mid = x + mix(RMS₁(x)); out = mid + down(silu(gate(h₂))·up(h₂)), h₂ = RMS₂(mid)
 //
 // where mix is the attention (q, k, v, RoPE on the first rotary dims,
-// causal softmax with scale 1/√head_dim, o) or the Mamba-2 mixer. It
-// returns the activations backward needs (save asks the mixer to keep its
-// scan states).
-func layerForward(p *pool, s textSizes, l *decoderLayer, rope *ropeTable, out, x []float32, n int, save bool) *layerActs {
+// causal softmax with scale 1/√head_dim, o) or the Mamba-2 mixer. With
+// drop, mix(·) and the MLP's output are each multiplied by their residual
+// dropout mask before the sums. It returns the activations backward needs
+// (save asks the mixer to keep its scan states).
+func layerForward(p *pool, s textSizes, l *decoderLayer, rope *ropeTable, out, x []float32, n int, save bool, drop *layerDropout) *layerActs {
 	d := s.d
 	a := &layerActs{n: n, x: x}
+	a.dropMix, a.dropMLP = drop.masks(p, l.index, n, d)
 	a.h = make([]float32, n*d)
 	a.n1 = l.inNorm.forward(p, a.h, x, n, d)
 	mixOut := make([]float32, n*d)
 	tokenMixerForward(p, s, l, a, rope, mixOut, save)
+	if a.dropMix != nil {
+		a.dropMix.apply(p, mixOut)
+	}
 	src := a.h
 	if !s.parallel {
 		a.mid = make([]float32, n*d)
@@ -110,6 +118,9 @@ func layerForward(p *pool, s textSizes, l *decoderLayer, rope *ropeTable, out, x
 	}
 	mlpOut := make([]float32, n*d)
 	mlpForward(p, s, l, a, src, mlpOut)
+	if a.dropMLP != nil {
+		a.dropMLP.apply(p, mlpOut)
+	}
 	if s.parallel {
 		for i := range out[:n*d] {
 			out[i] = x[i] + mixOut[i] + mlpOut[i]
@@ -168,13 +179,14 @@ func layerBackward(p *pool, s textSizes, l *decoderLayer, a *layerActs, rope *ro
 		return
 	}
 	if s.parallel {
+		dmix := a.dropMix.masked(p, dout)
 		if dx == nil {
-			l.mixer.backward(p, nil, dout, a.mix)
+			l.mixer.backward(p, nil, dmix, a.mix)
 			return
 		}
 		dh := make([]float32, n*d)
-		tokenMixerBackward(p, s, l, a, rope, dh, dout)
-		mlpBackward(p, s, l, a, dh, dout)
+		tokenMixerBackward(p, s, l, a, rope, dh, dmix)
+		mlpBackward(p, s, l, a, dh, a.dropMLP.masked(p, dout))
 		copy(dx, dout[:n*d])
 		l.inNorm.backward(p, dx, dh, a.x, n, d, a.n1)
 		return
@@ -182,14 +194,15 @@ func layerBackward(p *pool, s textSizes, l *decoderLayer, a *layerActs, rope *ro
 	dmid := make([]float32, n*d)
 	copy(dmid, dout[:n*d])
 	dh2 := make([]float32, n*d)
-	mlpBackward(p, s, l, a, dh2, dout)
+	mlpBackward(p, s, l, a, dh2, a.dropMLP.masked(p, dout))
 	l.postNorm.backward(p, dmid, dh2, a.mid, n, d, a.n2)
+	dmix := a.dropMix.masked(p, dmid)
 	if dx == nil {
-		l.mixer.backward(p, nil, dmid, a.mix)
+		l.mixer.backward(p, nil, dmix, a.mix)
 		return
 	}
 	dh := make([]float32, n*d)
-	tokenMixerBackward(p, s, l, a, rope, dh, dmid)
+	tokenMixerBackward(p, s, l, a, rope, dh, dmix)
 	copy(dx, dmid)
 	l.inNorm.backward(p, dx, dh, a.x, n, d, a.n1)
 }

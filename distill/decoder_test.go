@@ -35,7 +35,7 @@ func TestDecoderLayers(t *testing.T) {
 				x64 := widen(x)
 				ref := func() *reference.Array { return tw.layer(l, arr(t, x64, 1, n, d)) }
 				out := make([]float32, n*d)
-				a := layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, true)
+				a := layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, true, nil)
 				checkRel(t, "forward", out, ref().Data, modelTol)
 
 				up := randn(rng, n*d, 1)
@@ -58,7 +58,7 @@ func TestDecoderLayers(t *testing.T) {
 					full = append(full, slices.Clone(p.Grad))
 				}
 				s.ZeroGrad()
-				a = layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, true)
+				a = layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, true, nil)
 				layerBackward(s.pool, s.sizes, s.layers[l], a, s.ropeFor(n), nil, up)
 				for j, p := range s.layers[l].mixer.params() {
 					if !slices.Equal(p.Grad, full[j]) {

@@ -26,6 +26,22 @@ type Options struct {
 	// FreezeConnector leaves the mlp2x_gelu connector out of training (it
 	// trains by default).
 	FreezeConnector bool
+	// Dropout is the residual dropout probability P in [0, 1) that Forward
+	// applies to samples given an Input.Dropout key (training): each decoder
+	// layer's token mixer output and MLP output are masked (kept with
+	// probability 1−P, scaled by 1/(1−P)). 0, the default, is none; the
+	// reference recipe's is the config's resid_pdrop (ResidDropout).
+	Dropout float64
+}
+
+// ResidDropout is the reference's residual dropout probability for a
+// checkpoint's config: resid_pdrop for Phi, none for the families that have
+// no such setting (Llama, Qwen2).
+func ResidDropout(cfg *formats.ModelConfig) float64 {
+	if cfg.Family == formats.Phi {
+		return cfg.Text.ResidPdrop
+	}
+	return 0
 }
 
 // DefaultChunk is Options.Chunk's default.
@@ -63,6 +79,9 @@ func LoadStudent(dir string, opts Options) (*Student, error) {
 	}
 	if opts.Chunk < 0 {
 		return nil, fmt.Errorf("distill: load %s: chunk length %d must be positive", dir, opts.Chunk)
+	}
+	if err := checkDropout(opts.Dropout); err != nil {
+		return nil, fmt.Errorf("distill: load %s: %w", dir, err)
 	}
 	cfg, err := formats.ReadModelConfig(dir)
 	if err != nil {
@@ -172,6 +191,11 @@ type Input struct {
 	// on it (Pass.LayerOutputs): the layer term of the loss compares that
 	// with the teacher layer's output.
 	LayerInputs map[int][]float32
+	// Dropout, when set and Options.Dropout is not 0, makes this a training
+	// forward with residual dropout whose masks are a pure function of the
+	// key, the layer and the branch (the layer term's runs on LayerInputs
+	// draw masks of their own). Nil: no dropout (evaluation).
+	Dropout *DropoutKey
 }
 
 // Pass is one forward pass: its outputs and, when saved, the activations
@@ -222,10 +246,15 @@ func (s *Student) Forward(in Input, save bool) (*Pass, error) {
 	if save {
 		p.layers = make([]*layerActs, len(s.layers))
 	}
+	var drop, branchDrop *layerDropout
+	if in.Dropout != nil && s.opts.Dropout > 0 {
+		drop = &layerDropout{key: *in.Dropout, prob: s.opts.Dropout}
+		branchDrop = &layerDropout{key: *in.Dropout, prob: s.opts.Dropout, branch: true}
+	}
 	x := embeds
 	for i, l := range s.layers {
 		out := make([]float32, n*d)
-		a := layerForward(s.pool, s.sizes, l, p.rope, out, x, n, save)
+		a := layerForward(s.pool, s.sizes, l, p.rope, out, x, n, save, drop)
 		if save {
 			p.layers[i] = a
 		}
@@ -242,7 +271,7 @@ func (s *Student) Forward(in Input, save bool) (*Pass, error) {
 		for _, l := range slices.Sorted(maps.Keys(in.LayerInputs)) {
 			xin := in.LayerInputs[l]
 			out := make([]float32, n*d)
-			a := layerForward(s.pool, s.sizes, s.layers[l], p.rope, out, xin, n, save)
+			a := layerForward(s.pool, s.sizes, s.layers[l], p.rope, out, xin, n, save, branchDrop)
 			p.LayerOutputs[l] = out
 			if save {
 				p.branches[l] = a
@@ -254,7 +283,7 @@ func (s *Student) Forward(in Input, save bool) (*Pass, error) {
 
 // ForwardLayer runs decoder layer l alone on x [L, hidden] (positions
 // 0…L−1) and returns its output: what Input.LayerInputs does, for
-// inspection or evaluation (nothing is saved).
+// inspection or evaluation (nothing is saved, no dropout).
 func (s *Student) ForwardLayer(l int, x []float32) ([]float32, error) {
 	if l < 0 || l >= len(s.layers) {
 		return nil, fmt.Errorf("distill: forward layer %d: the model has %d layers", l, len(s.layers))
@@ -268,7 +297,7 @@ func (s *Student) ForwardLayer(l int, x []float32) ([]float32, error) {
 	}
 	n := len(x) / d
 	out := make([]float32, n*d)
-	layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, false)
+	layerForward(s.pool, s.sizes, s.layers[l], s.ropeFor(n), out, x, n, false, nil)
 	return out, nil
 }
 

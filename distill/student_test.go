@@ -159,11 +159,15 @@ func newGradSetup(t *testing.T, family, dir string, cfg LossConfig, opts Options
 	gs.tg.Mask[3] = true // and one image row
 	gs.feats = [][]float64{widen(s.vision.features(s.pool, pixels))}
 	gs.tw = newStudentTwin(t, s)
+	if opts.Dropout > 0 {
+		gs.in.Dropout = &DropoutKey{Seed: 99, Step: 4, Sample: 2}
+	}
 
 	p, err := s.Forward(gs.in, true)
 	if err != nil {
 		t.Fatal(err)
 	}
+	gs.tw.holdMasks(p)
 	ls, dlogits, dlayers, err := Objective(cfg, p, gs.tg)
 	if err != nil {
 		t.Fatal(err)
@@ -190,15 +194,23 @@ func TestStudentGradients(t *testing.T) {
 		t.Skip("end-to-end gradient check")
 	}
 	for i, c := range []struct {
-		family, dir string
-		cfg         LossConfig
+		name, family, dir string
+		cfg               LossConfig
+		dropout           float64
 	}{
-		{"phi", "phi-tiny-h25", LossConfig{Alpha: 1, Beta: 0.7, Gamma: 0.5, Temperature: 2, Distance: L2Norm}},
-		{"qwen2", "qwen2-tiny-h25", LossConfig{Alpha: 0.8, Beta: 1, Gamma: 0.3, Temperature: 1, Distance: MeanSquared}},
+		{"phi", "phi", "phi-tiny-h25", LossConfig{Alpha: 1, Beta: 0.7, Gamma: 0.5, Temperature: 2, Distance: L2Norm}, 0},
+		{"qwen2", "qwen2", "qwen2-tiny-h25", LossConfig{Alpha: 0.8, Beta: 1, Gamma: 0.3, Temperature: 1, Distance: MeanSquared}, 0},
+		// Residual dropout with its masks held fixed (the twin applies the
+		// masks the Pass drew) on both block kinds.
+		{"phi-dropout", "phi", "phi-tiny-h25", LossConfig{Alpha: 1, Beta: 0.7, Gamma: 0.5, Temperature: 2, Distance: L2Norm}, 0.3},
+		{"qwen2-dropout", "qwen2", "qwen2-tiny-h25", LossConfig{Alpha: 0.8, Beta: 1, Gamma: 0.3, Temperature: 1, Distance: MeanSquared}, 0.25},
 	} {
-		t.Run(c.family, func(t *testing.T) {
+		t.Run(c.name, func(t *testing.T) {
 			rng := newRand(uint64(20 + i))
-			gs := newGradSetup(t, c.family, c.dir, c.cfg, Options{Workers: 3, Chunk: 5}, rng)
+			gs := newGradSetup(t, c.family, c.dir, c.cfg, Options{Workers: 3, Chunk: 5, Dropout: c.dropout}, rng)
+			if c.dropout > 0 && len(gs.tw.drop) != 2*(gs.s.NumLayers()+len(gs.s.MambaLayers())) {
+				t.Fatalf("%d dropout masks, want 2 per layer and 2 per layer-term branch", len(gs.tw.drop))
+			}
 			tl := gs.twinLoss()
 			if e := relErr([]float32{float32(gs.losses.Total)}, []float64{tl}); !(e <= twinTol) {
 				t.Errorf("loss %.9g (KL %.6g, layer %.6g, CE %.6g), float64 twin %.9g: relative error %.3g",

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/matsurgery/matsurgery/dataset"
+	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/kernels"
 	"github.com/matsurgery/matsurgery/kernels/cpu"
 	"github.com/matsurgery/matsurgery/model"
@@ -61,8 +62,15 @@ type TrainOptions struct {
 	// TinyLLaVA checkpoint (see train_full.go). The loss must be Gamma
 	// only; the zero LossConfig means γ = 1.
 	TrainAll bool
+	// Dropout is the student's residual dropout probability in training
+	// (Options.Dropout): 0 takes the reference's, the student config's
+	// resid_pdrop for Phi and none for Llama and Qwen2 (ResidDropout);
+	// negative turns it off. Its masks are a pure function of (Seed, update,
+	// sample within the update, layer, branch), so a resumed run draws the
+	// same ones. TrainAll has no dropout: it refuses a positive value.
+	Dropout float64
 
-	// Seed decides the data order.
+	// Seed decides the data order and the dropout masks.
 	Seed uint64
 	// SaveEvery writes a checkpoint every so many updates (0: only at the
 	// end and on interruption); Keep keeps that many of the latest (0: 2).
@@ -148,10 +156,9 @@ type trainer struct {
 // samples: the last completed update is checkpointed and the result says
 // Interrupted (the error is nil).
 //
-// Not done: the recipe's dropout (resid_pdrop 0.1 in the student) — the
-// blocks of this package have none, so training is deterministic and draws
-// no random numbers; the bf16 autocast of the reference (here everything
-// computes in float32 with float64 sums, on float32 master weights).
+// Not done: the bf16 autocast of the reference (here everything computes
+// in float32 with float64 sums, on float32 master weights), and dropout
+// when TrainAll.
 func Train(ctx context.Context, opts TrainOptions) (*TrainResult, error) {
 	t, err := newTrainer(opts)
 	if err != nil {
@@ -223,6 +230,10 @@ func (o *TrainOptions) fill() error {
 		return fmt.Errorf("distill: temperature %g must be positive", o.Loss.Temperature)
 	case o.MaxLength < 0:
 		return fmt.Errorf("distill: max length %d must not be negative", o.MaxLength)
+	case o.Dropout >= 1 || math.IsNaN(o.Dropout):
+		return fmt.Errorf("distill: dropout %g must be below 1", o.Dropout)
+	case o.TrainAll && o.Dropout > 0:
+		return fmt.Errorf("distill: dropout %g: training every parameter has no dropout", o.Dropout)
 	}
 	if o.needsTeacher() && o.Teacher == "" {
 		return errors.New("distill: the KL and layer terms need a teacher checkpoint")
@@ -235,6 +246,19 @@ func (o *TrainOptions) needsTeacher() bool { return o.Loss.Alpha != 0 || o.Loss.
 func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	if err := opts.fill(); err != nil {
 		return nil, err
+	}
+	switch {
+	case opts.Dropout < 0 || opts.TrainAll:
+		opts.Dropout = 0
+	case opts.Dropout == 0:
+		cfg, err := formats.ReadModelConfig(opts.Student)
+		if err != nil {
+			return nil, fmt.Errorf("distill: student %s: %w", opts.Student, err)
+		}
+		opts.Dropout = ResidDropout(cfg)
+		if err := checkDropout(opts.Dropout); err != nil {
+			return nil, fmt.Errorf("distill: student %s: resid_pdrop: %w", opts.Student, err)
+		}
 	}
 	t := &trainer{opts: opts, dir: runDir(opts.Out)}
 	defer func() {
@@ -277,7 +301,7 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 			return nil, err
 		}
 		t.student = t.full.s
-	} else if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector}); err != nil {
+	} else if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector, Dropout: opts.Dropout}); err != nil {
 		return nil, err
 	}
 	t.params = t.student.Params()
@@ -455,9 +479,11 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 	}
 	began := time.Now()
 	var sum Losses
-	used, skipped, tokens := 0, 0, 0
+	used, skipped, tokens, pos := 0, 0, 0, 0
 	for _, micro := range plan.Micro {
 		for _, idx := range micro {
+			key := DropoutKey{Seed: o.Seed, Step: step, Sample: pos}
+			pos++
 			if err := ctx.Err(); err != nil {
 				return nil, 0, 0, err
 			}
@@ -469,7 +495,7 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 			if err != nil {
 				return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
 			}
-			ls, n, err := t.sample(smp)
+			ls, n, err := t.sample(smp, key)
 			if err != nil {
 				return nil, 0, 0, fmt.Errorf("distill: step %d: sample %d (record %d %q): %w", step+1, idx, smp.Record, smp.ID, err)
 			}
@@ -531,16 +557,17 @@ func (t *trainer) epochFraction(step int) float64 {
 	return float64(step%spe+1) / float64(spe)
 }
 
-// sample runs one sample forward and backward, accumulating gradients.
-// It returns its losses and its sequence length.
-func (t *trainer) sample(smp dataset.Sample) (Losses, int, error) {
+// sample runs one sample forward and backward, accumulating gradients,
+// with the dropout masks of key. It returns its losses and its sequence
+// length.
+func (t *trainer) sample(smp dataset.Sample, key DropoutKey) (Losses, int, error) {
 	o := &t.opts
 	s := t.student
 	labels := spliceLabels(smp.IDs, smp.Labels, s.Config.ImageTokenIndex, s.ImageTokens())
 	if t.full != nil {
 		return t.full.sample(smp.IDs, labels, smp.Pixels)
 	}
-	in := Input{IDs: smp.IDs, Pixels: smp.Pixels}
+	in := Input{IDs: smp.IDs, Pixels: smp.Pixels, Dropout: &key}
 	tg := Targets{Labels: labels}
 	if o.MaskAnswers {
 		tg.Mask = AnswerMask(labels)

@@ -59,6 +59,7 @@ type runIdentity struct {
 	Temperature     float64 `json:"temperature"`
 	MaskAnswers     bool    `json:"mask_answers"`
 	MaxLength       int     `json:"max_length,omitempty"`
+	Dropout         float64 `json:"dropout,omitempty"`
 }
 
 func identityOf(o TrainOptions) runIdentity {
@@ -74,7 +75,7 @@ func identityOf(o TrainOptions) runIdentity {
 	return runIdentity{Student: abs(o.Student), Teacher: abs(o.Teacher), Data: abs(o.Data), Seed: o.Seed,
 		Batch: o.Batch, Accum: o.Accum, Steps: o.Steps, Epochs: o.Epochs, LR: o.LR, Schedule: o.Schedule.Kind,
 		FreezeConnector: o.FreezeConnector, TrainAll: o.TrainAll, Alpha: o.Loss.Alpha, Beta: o.Loss.Beta, Gamma: o.Loss.Gamma,
-		Temperature: o.Loss.Temperature, MaskAnswers: o.MaskAnswers, MaxLength: o.MaxLength}
+		Temperature: o.Loss.Temperature, MaskAnswers: o.MaskAnswers, MaxLength: o.MaxLength, Dropout: o.Dropout}
 }
 
 // prepare makes the run directory of a new run, or checks that a resumed
@@ -135,8 +136,9 @@ func diffIdentity(a, b runIdentity) string {
 
 // checkpointState is a checkpoint's state.json. The data order is a pure
 // function of (seed, batch plan, step) (package dataset's Batcher) and the
-// trainer draws no random numbers (no dropout), so the step and the seed
-// are the whole of the data-order and random state; the metrics log is cut
+// dropout masks one of (seed, step, sample within the step, layer,
+// branch), so the step and the seed are the whole of the data-order and
+// random state; the metrics log is cut
 // back to Step on resume.
 type checkpointState struct {
 	Step        int    `json:"step"`

@@ -90,6 +90,49 @@ type studentTwin struct {
 	final  normTwin
 	head   linTwin
 	inputs []gradInput
+	// drop holds residual dropout's masks as multipliers (0 or 1/(1−P)),
+	// by layer and branch (dropMixer…dropBranchMLP); none: no dropout.
+	drop map[[2]int][]float64
+}
+
+// maskTwin widens a dropout mask into its multipliers.
+func maskTwin(m *dropMask) []float64 {
+	out := make([]float64, m.n*m.d)
+	for i := range m.n {
+		for j := range m.d {
+			if m.bits[i*m.words+j/64]>>(j%64)&1 != 0 {
+				out[i*m.d+j] = float64(m.scale)
+			}
+		}
+	}
+	return out
+}
+
+// holdMasks makes the twin apply the masks a saved Pass drew.
+func (tw *studentTwin) holdMasks(p *Pass) {
+	tw.drop = map[[2]int][]float64{}
+	add := func(l, branch int, m *dropMask) {
+		if m != nil {
+			tw.drop[[2]int{l, branch}] = maskTwin(m)
+		}
+	}
+	for l, a := range p.layers {
+		add(l, dropMixer, a.dropMix)
+		add(l, dropMLP, a.dropMLP)
+	}
+	for l, a := range p.branches {
+		add(l, dropBranchMixer, a.dropMix)
+		add(l, dropBranchMLP, a.dropMLP)
+	}
+}
+
+// masked multiplies v [1, n, d] by the mask of (l, branch), if any.
+func (tw *studentTwin) masked(v *reference.Array, l, branch int) *reference.Array {
+	m, ok := tw.drop[[2]int{l, branch}]
+	if !ok {
+		return v
+	}
+	return must(tw.t)(reference.Mul(v, arr(tw.t, m, v.Shape...)))
 }
 
 type linTwin struct{ w, b *reference.Array }
@@ -204,7 +247,17 @@ func (n normTwin) apply(t testing.TB, x *reference.Array) *reference.Array {
 
 // layer is decoder layer l on x [1, n, d].
 func (tw *studentTwin) layer(l int, x *reference.Array) *reference.Array {
+	return tw.layerDrop(l, x, false)
+}
+
+// layerDrop is decoder layer l on x [1, n, d], with the held dropout masks
+// of the decoder's path or (branch) of the layer term's.
+func (tw *studentTwin) layerDrop(l int, x *reference.Array, branch bool) *reference.Array {
 	t, s, ly := tw.t, tw.s.sizes, tw.layers[l]
+	bm, bf := dropMixer, dropMLP
+	if branch {
+		bm, bf = dropBranchMixer, dropBranchMLP
+	}
 	n := x.Shape[1]
 	h := ly.in.apply(t, x)
 	var mix *reference.Array
@@ -230,11 +283,12 @@ func (tw *studentTwin) layer(l int, x *reference.Array) *reference.Array {
 		}
 		return ly.down.apply(t, reference.GELU(ly.up.apply(t, src), s.act == geluTanh))
 	}
+	mix = tw.masked(mix, l, bm)
 	if ly.parallel {
-		return must(t)(reference.Add(must(t)(reference.Add(x, mix)), mlp(h)))
+		return must(t)(reference.Add(must(t)(reference.Add(x, mix)), tw.masked(mlp(h), l, bf)))
 	}
 	mid := must(t)(reference.Add(x, mix))
-	return must(t)(reference.Add(mid, mlp(ly.post.apply(t, mid))))
+	return must(t)(reference.Add(mid, tw.masked(mlp(ly.post.apply(t, mid)), l, bf)))
 }
 
 // embeds is the decoder input of ids, each image's rows the connector
@@ -266,7 +320,7 @@ func (tw *studentTwin) forward(x *reference.Array, layerIn map[int][]float64) (*
 	logits := tw.head.apply(tw.t, tw.final.apply(tw.t, x))
 	outs := map[int]*reference.Array{}
 	for l, in := range layerIn {
-		outs[l] = tw.layer(l, arr(tw.t, in, x.Shape...))
+		outs[l] = tw.layerDrop(l, arr(tw.t, in, x.Shape...), true)
 	}
 	return logits, outs
 }
