@@ -38,6 +38,8 @@ type DistillCmd struct {
 	Distance    string  `help:"Layer distance: l2 (the reference's un-squared norm), squared, mse." default:"l2" enum:"l2,squared,mse"`
 	MaskAnswers bool    `help:"Count only the rows that predict answer tokens in the KL term (the reference counts every row)."`
 
+	Dropout *float64 `help:"Residual dropout probability in the student's training forward, on each layer's mixer/attention and MLP outputs (default: the student config's resid_pdrop for phi, none for llama and qwen2; 0: none). Not with --trainable all." placeholder:"P"`
+
 	Trainable      string `help:"What trains: mamba (the Mamba-2 mixers, with the connector unless --no-train-connector), or all (every parameter but the vision tower's, on the cross-entropy alone, no teacher: to train or fine-tune a plain checkpoint given as --student)." default:"mamba" enum:"mamba,all"`
 	TrainConnector bool   `help:"Train the mlp2x_gelu connector too." default:"true" negatable:""`
 
@@ -72,6 +74,16 @@ func (c *DistillCmd) Run(g *Globals) error {
 	}
 	if c.MaxGradNorm == 0 {
 		o.MaxGradNorm = -1
+	}
+	if c.Dropout != nil {
+		switch p := *c.Dropout; {
+		case !(p >= 0 && p < 1):
+			return fmt.Errorf("--dropout %g: must be in [0, 1)", p)
+		case p == 0:
+			o.Dropout = -1
+		default:
+			o.Dropout = p
+		}
 	}
 	if c.Steps > 0 {
 		o.Epochs = 0
