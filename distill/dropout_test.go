@@ -249,3 +249,16 @@ func TestTrainDropout(t *testing.T) {
 		}
 	}
 }
+
+// Drawing one Phi-2-sized mask (512 rows of 2560) and applying it; each
+// layer of a training forward draws two (four with the layer term).
+func BenchmarkDropMask(b *testing.B) {
+	const n, d = 512, 2560
+	p := newPool(0)
+	v := randn(newRand(1), n*d, 1)
+	b.SetBytes(n * d * 4)
+	for i := 0; b.Loop(); i++ {
+		m := newDropMask(p, DropoutKey{Seed: 1, Step: i}, 0.1, 3, dropMixer, n, d)
+		m.apply(p, v)
+	}
+}
