@@ -32,6 +32,9 @@
 //	_ = st.Backward(pass, dlogits, dlayers)
 //	for _, p := range st.Params() { /* AdamW on p.Data with p.Grad */ }
 //
+// In training, Options.Dropout with an Input.Dropout key applies the
+// recipe's residual dropout (see dropout.go); evaluation passes no key.
+//
 // teacherIn[l] and teacherOut[l] are the teacher's input and output of
 // each Mamba layer l (model.ForwardHooked shows them) and teacherLogits its
 // logits: the layer term runs the student's layer l on the teacher's input,
