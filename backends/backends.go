@@ -20,7 +20,7 @@ func Open(device string) (be kernels.Backend, note string, err error) {
 	switch {
 	case d == "" || d == "auto":
 		if ok, why := cuda.Available(); !ok {
-			return cpu.New(0), "no usable GPU (" + why + "): running on the CPU", nil
+			return cpu.New(0), "no usable GPU (" + brief(why) + "): running on the CPU", nil
 		}
 		be, err := cuda.New(0)
 		if err != nil {
@@ -46,4 +46,12 @@ func Open(device string) (be kernels.Backend, note string, err error) {
 		return be, "", nil
 	}
 	return nil, "", fmt.Errorf("unknown device %q: want auto, cpu, cuda or cuda:N", device)
+}
+
+// brief keeps the reason and drops the list of paths tried (`devices` shows all).
+func brief(why string) string {
+	if i := strings.Index(why, "; tried:"); i > 0 {
+		return why[:i]
+	}
+	return why
 }
