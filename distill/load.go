@@ -21,22 +21,7 @@ type loader struct {
 }
 
 func (ld *loader) info(name string, shape ...int) (formats.TensorInfo, error) {
-	ti, ok := ld.ck.Tensor(name)
-	if !ok {
-		return ti, fmt.Errorf("tensor %s is missing", name)
-	}
-	if !ti.DType.IsFloat() {
-		return ti, fmt.Errorf("tensor %s has dtype %s, want a float type", name, ti.DType)
-	}
-	if len(ti.Shape) != len(shape) {
-		return ti, fmt.Errorf("tensor %s has shape %v, want %v", name, ti.Shape, shape)
-	}
-	for i, d := range shape {
-		if ti.Shape[i] != int64(d) {
-			return ti, fmt.Errorf("tensor %s has shape %v, want %v", name, ti.Shape, shape)
-		}
-	}
-	return ti, nil
+	return ld.ck.FloatTensor(name, shape...)
 }
 
 func (ld *loader) has(name string) bool {
@@ -46,14 +31,7 @@ func (ld *loader) has(name string) bool {
 
 // host reads a tensor of the given shape as float32.
 func (ld *loader) host(name string, shape ...int) ([]float32, error) {
-	if _, err := ld.info(name, shape...); err != nil {
-		return nil, err
-	}
-	v, err := ld.ck.Float32(name)
-	if err != nil {
-		return nil, fmt.Errorf("tensor %s: %w", name, err)
-	}
-	return v, nil
+	return ld.ck.Float32Shaped(name, shape...)
 }
 
 // optHost is host for an optional tensor: nil when absent.
