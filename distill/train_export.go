@@ -3,11 +3,9 @@ package distill
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/matsurgery/matsurgery/formats"
@@ -146,54 +144,13 @@ func export(s *Student, out string, info ExportInfo) error {
 	if err := w.Commit(); err != nil {
 		return err
 	}
-	if err := copySides(s.Dir, dir.Path); err != nil {
+	if _, err := outdir.CopySideFiles(s.Dir, dir.Path, provenanceName); err != nil {
 		return err
 	}
 	if err := writeProvenance(s.Dir, dir.Path, info); err != nil {
 		return err
 	}
 	return dir.Commit()
-}
-
-// copySides copies the student's files other than its tensors, index and
-// provenance (tokenizer, config.json, mamba_config.json, …).
-func copySides(src, dst string) error {
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		n := e.Name()
-		if strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".safetensors") || n == "model.safetensors.index.json" ||
-			n == provenanceName || !e.Type().IsRegular() {
-			continue
-		}
-		if err := copyRegular(filepath.Join(src, n), filepath.Join(dst, n)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func copyRegular(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // writeProvenance writes the student's matsurgery.json (or a new one) with

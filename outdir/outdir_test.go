@@ -79,3 +79,30 @@ func TestCreateCommitReplaces(t *testing.T) {
 		t.Error("WriteFile replaced an existing file")
 	}
 }
+
+func TestCopySideFiles(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	for _, n := range []string{"config.json", "tokenizer.json", "model.safetensors", "model-00001-of-00002.safetensors",
+		"model.safetensors.index.json", ".hidden", "matsurgery.json"} {
+		os.WriteFile(filepath.Join(src, n), []byte(n), 0o644)
+	}
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	warnings, err := CopySideFiles(src, dst, "matsurgery.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadDir(dst)
+	var names []string
+	for _, e := range got {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "config.json,tokenizer.json" {
+		t.Errorf("copied %v", names)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "sub") {
+		t.Errorf("warnings %v", warnings)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "tokenizer.json")); string(b) != "tokenizer.json" {
+		t.Errorf("content %q", b)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -62,9 +61,6 @@ type Result struct {
 	Stages   map[string]float64 `json:"stage_seconds"` // where the time went (hashing overlaps the rest)
 }
 
-// skipSide are teacher files that the conversion writes anew instead of copying.
-var skipSide = map[string]bool{"model.safetensors.index.json": true, formats.MambaConfigName: true, ProvenanceName: true}
-
 // Run executes the job: it writes the hybrid into a temporary sibling of
 // Out and renames it into place when everything is complete. On any error
 // nothing is left at Out (beyond what was there before) and no temporary remains.
@@ -104,7 +100,7 @@ func (j *Job) Run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	stages["tensors"] = time.Since(t0).Seconds()
-	warnings, err := copySideFiles(o.Teacher, tmp)
+	warnings, err := outdir.CopySideFiles(o.Teacher, tmp, formats.MambaConfigName, ProvenanceName)
 	if err != nil {
 		return nil, err
 	}
@@ -407,56 +403,4 @@ func hashMapped(h hash.Hash, f *os.File, size int64) (bool, error) {
 		m.Unmap()
 	}
 	return true, nil
-}
-
-// copySideFiles copies the teacher's other files (tokenizer, configs, …).
-func copySideFiles(teacher, dir string) ([]string, error) {
-	entries, err := os.ReadDir(teacher)
-	if err != nil {
-		return nil, err
-	}
-	var warnings []string
-	var names []string
-	for _, e := range entries {
-		n := e.Name()
-		switch {
-		case strings.HasPrefix(n, "."), strings.HasSuffix(n, ".safetensors"), skipSide[n]:
-			continue
-		case e.IsDir():
-			warnings = append(warnings, fmt.Sprintf("subdirectory %s of the teacher not copied", n))
-			continue
-		case !e.Type().IsRegular():
-			warnings = append(warnings, fmt.Sprintf("%s is not a regular file: not copied", n))
-			continue
-		}
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := copyFile(filepath.Join(teacher, n), filepath.Join(dir, n)); err != nil {
-			return nil, err
-		}
-	}
-	return warnings, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
