@@ -1,10 +1,8 @@
 package distill
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
@@ -46,69 +44,21 @@ func (ld *loader) optHost(name string, shape ...int) ([]float32, error) {
 // as one frozen [Σrows, cols] matrix, BF16 when every part is stored as
 // BF16 and float32 weights were not asked for.
 func (ld *loader) matrix(names []string, rows []int, cols int) (matrix, error) {
+	bits, data, err := ld.ck.StackRows(names, rows, cols, !ld.f32)
+	if err != nil {
+		return matrix{}, err
+	}
 	total := 0
-	bf16 := !ld.f32
-	for i, n := range names {
-		ti, err := ld.info(n, rows[i], cols)
-		if err != nil {
-			return matrix{}, err
-		}
-		bf16 = bf16 && ti.DType == formats.BF16
-		total += rows[i]
+	for _, r := range rows {
+		total += r
 	}
-	m := matrix{rows: total, cols: cols}
-	off := 0
-	if bf16 {
-		m.bf16 = make([]uint16, total*cols)
-		var raw []byte
-		for i, n := range names {
-			cnt := rows[i] * cols
-			raw = slices.Grow(raw[:0], 2*cnt)[:2*cnt]
-			if err := ld.ck.ReadRaw(n, raw); err != nil {
-				return matrix{}, fmt.Errorf("tensor %s: %w", n, err)
-			}
-			dst := m.bf16[off : off+cnt]
-			for j := range dst {
-				dst[j] = binary.LittleEndian.Uint16(raw[2*j:])
-			}
-			off += cnt
-		}
-		return m, nil
-	}
-	m.f32 = make([]float32, total*cols)
-	for i, n := range names {
-		cnt := rows[i] * cols
-		if err := ld.ck.ReadFloat32(n, m.f32[off:off+cnt]); err != nil {
-			return matrix{}, fmt.Errorf("tensor %s: %w", n, err)
-		}
-		off += cnt
-	}
-	return m, nil
+	return matrix{rows: total, cols: cols, bf16: bits, f32: data}, nil
 }
 
 // fusedBias concatenates the optional biases of a fused matrix's parts:
 // nil when none is present, zeros for the parts without one.
 func (ld *loader) fusedBias(names []string, rows []int) ([]float32, error) {
-	present := false
-	for _, n := range names {
-		present = present || ld.has(n)
-	}
-	if !present {
-		return nil, nil
-	}
-	var data []float32
-	for i, n := range names {
-		if !ld.has(n) {
-			data = append(data, make([]float32, rows[i])...)
-			continue
-		}
-		v, err := ld.host(n, rows[i])
-		if err != nil {
-			return nil, err
-		}
-		data = append(data, v...)
-	}
-	return data, nil
+	return ld.ck.StackOptionalVectors(names, rows)
 }
 
 // linear reads the frozen Linear stem.weight [out, in] and its bias when

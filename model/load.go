@@ -1,10 +1,8 @@
 package model
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/matsurgery/matsurgery/formats"
 	"github.com/matsurgery/matsurgery/initmap"
@@ -69,35 +67,18 @@ func (ld *loader) optVector(name string, shape ...int) (kernels.Tensor, error) {
 // float32 weights were not asked for, else F32.
 func (ld *loader) matrix(names []string, rows []int, cols int) (kernels.Tensor, error) {
 	total := 0
-	bf16 := !ld.f32
-	for i, n := range names {
-		ti, err := ld.info(n, rows[i], cols)
-		if err != nil {
-			return nil, err
-		}
-		bf16 = bf16 && ti.DType == formats.BF16
-		total += rows[i]
+	for _, r := range rows {
+		total += r
 	}
 	what := names[0]
 	if len(names) > 1 {
 		what = fmt.Sprintf("%s (+%d fused)", names[0], len(names)-1)
 	}
-	if bf16 {
-		bits := make([]uint16, total*cols)
-		var raw []byte
-		off := 0
-		for i, n := range names {
-			cnt := rows[i] * cols
-			raw = slices.Grow(raw[:0], 2*cnt)[:2*cnt]
-			if err := ld.ck.ReadRaw(n, raw); err != nil {
-				return nil, fmt.Errorf("tensor %s: %w", n, err)
-			}
-			dst := bits[off : off+cnt]
-			for j := range dst {
-				dst[j] = binary.LittleEndian.Uint16(raw[2*j:])
-			}
-			off += cnt
-		}
+	bits, data, err := ld.ck.StackRows(names, rows, cols, !ld.f32)
+	if err != nil {
+		return nil, err
+	}
+	if bits != nil {
 		t, err := ld.be.UploadBF16(bits, total, cols)
 		if err != nil {
 			return nil, fmt.Errorf("upload %s: %w", what, err)
@@ -105,39 +86,15 @@ func (ld *loader) matrix(names []string, rows []int, cols int) (kernels.Tensor, 
 		*ld.owned = append(*ld.owned, t)
 		return t, nil
 	}
-	data := make([]float32, total*cols)
-	off := 0
-	for i, n := range names {
-		cnt := rows[i] * cols
-		if err := ld.ck.ReadFloat32(n, data[off:off+cnt]); err != nil {
-			return nil, fmt.Errorf("tensor %s: %w", n, err)
-		}
-		off += cnt
-	}
 	return ld.upload(what, data, total, cols)
 }
 
 // fusedBias concatenates optional biases of the parts of a fused matrix:
 // nil when none is present, zeros for the parts without one.
 func (ld *loader) fusedBias(names []string, rows []int) (kernels.Tensor, error) {
-	any := false
-	for _, n := range names {
-		any = any || ld.has(n)
-	}
-	if !any {
-		return nil, nil
-	}
-	var data []float32
-	for i, n := range names {
-		if !ld.has(n) {
-			data = append(data, make([]float32, rows[i])...)
-			continue
-		}
-		v, err := ld.host(n, rows[i])
-		if err != nil {
-			return nil, err
-		}
-		data = append(data, v...)
+	data, err := ld.ck.StackOptionalVectors(names, rows)
+	if err != nil || data == nil {
+		return nil, err
 	}
 	what := names[0]
 	if len(names) > 1 {
