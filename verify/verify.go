@@ -347,7 +347,11 @@ func (lv *layerVerifier) check(lr *LayerReport, stages map[string]float64) error
 			return nil, err
 		}
 		if src == H {
-			return out, be.Scale(out, mustReshape(be, x, B, L, H, P), 1)
+			xv, err := be.Reshape(x, B, L, H, P)
+			if err != nil {
+				return nil, err
+			}
+			return out, be.Scale(out, xv, 1)
 		}
 		return out, be.RepeatHeads(out, x, src, H, P)
 	}
@@ -439,7 +443,9 @@ func (lv *layerVerifier) check(lr *LayerReport, stages map[string]float64) error
 		if err != nil {
 			return err
 		}
-		q = mustReshape(be, qs, B, L, H, P)
+		if q, err = be.Reshape(qs, B, L, H, P); err != nil {
+			return err
+		}
 	}
 	// The attention side is computed on the host in float64 (the running-state
 	// form H_t = H_{t−1} + v_t k_tᵀ, o_t = H_t q_t), independent of the
@@ -566,7 +572,18 @@ func (lv *layerVerifier) softmaxAttention(p *pool, l int, h kernels.Tensor) ([]f
 	if err != nil {
 		return nil, err
 	}
-	q4, k4, v4 := mustReshape(be, q, B, L, H, P), mustReshape(be, k, B, L, Hkv, P), mustReshape(be, v, B, L, Hkv, P)
+	q4, err := be.Reshape(q, B, L, H, P)
+	if err != nil {
+		return nil, err
+	}
+	k4, err := be.Reshape(k, B, L, Hkv, P)
+	if err != nil {
+		return nil, err
+	}
+	v4, err := be.Reshape(v, B, L, Hkv, P)
+	if err != nil {
+		return nil, err
+	}
 	if rd := tx.RotaryDim(); rd > 0 {
 		if err := be.RoPE(q4, rd, tx.RopeTheta, 0); err != nil {
 			return nil, err
@@ -590,7 +607,11 @@ func (lv *layerVerifier) softmaxAttention(p *pool, l int, h kernels.Tensor) ([]f
 	if err != nil {
 		return nil, err
 	}
-	if err := be.MatMul(out, mustReshape(be, att, B, L, H*P), wo, true); err != nil {
+	att2, err := be.Reshape(att, B, L, H*P)
+	if err != nil {
+		return nil, err
+	}
+	if err := be.MatMul(out, att2, wo, true); err != nil {
 		return nil, err
 	}
 	if err := lv.addBias(p, out, l, layout.AttnO); err != nil {
@@ -609,14 +630,6 @@ func (lv *layerVerifier) addBias(p *pool, x kernels.Tensor, l int, part layout.P
 		return err
 	}
 	return lv.be.AddBias(x, b)
-}
-
-func mustReshape(be kernels.Backend, t kernels.Tensor, shape ...int) kernels.Tensor {
-	r, err := be.Reshape(t, shape...)
-	if err != nil {
-		panic(fmt.Sprintf("verify: reshape %v → %v: %v", t.Shape(), shape, err))
-	}
-	return r
 }
 
 func relErr(got, want []float32) float64 {
