@@ -36,7 +36,7 @@ type integrity struct {
 	identical int
 	mu        sync.Mutex
 
-	maps map[string]mmap.MMap // shard files mapped read-only, nil when mapping failed
+	files map[string]*os.File // open shard files whose windows are mapped; nil: read instead
 }
 
 func newIntegrity(hy, te *formats.Checkpoint, cfg *formats.ModelConfig, mc *formats.MambaConfig, desc *layout.Descriptor) *integrity {
@@ -61,12 +61,6 @@ func (in *integrity) isMamba(l int) bool {
 		}
 	}
 	return false
-}
-
-func (in *integrity) run(ctx context.Context) error {
-	in.checkConfig()
-	in.checkStructure()
-	return in.checkValues(ctx)
 }
 
 // checkConfig compares mamba_config.json with config.json.
@@ -218,53 +212,54 @@ func (in *integrity) checkValues(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// mapFiles maps every shard of the hybrid and the teacher read-only, so the
-// values are checked in the page cache without a copy; on any failure the
-// checks fall back to positioned reads.
+// mapFiles opens every shard of the hybrid and the teacher, whose regions
+// the value checks then map read-only a window at a time: checked in the page
+// cache without a copy, with resident memory bounded by the windows in use.
 func (in *integrity) mapFiles() {
 	files := append([]string(nil), in.hy.Files...)
 	if in.te != nil {
 		files = append(files, in.te.Files...)
 	}
-	maps := map[string]mmap.MMap{}
+	in.files = map[string]*os.File{}
 	for _, name := range files {
 		f, err := os.Open(name)
 		if err != nil {
-			break
+			in.unmapFiles()
+			return
 		}
-		m, err := mmap.Map(f, mmap.RDONLY, 0)
-		f.Close()
-		if err != nil {
-			break
-		}
-		maps[name] = m
+		in.files[name] = f
 	}
-	if len(maps) != len(files) {
-		for _, m := range maps {
-			m.Unmap()
-		}
-		return
-	}
-	in.maps = maps
 }
 
 func (in *integrity) unmapFiles() {
-	for _, m := range in.maps {
-		m.Unmap()
+	for _, f := range in.files {
+		f.Close()
 	}
-	in.maps = nil
+	in.files = nil
 }
 
-// mapped returns a tensor's bytes from the mapped file, or nil.
-func (in *integrity) mapped(ti formats.TensorInfo) []byte {
-	m, ok := in.maps[ti.File]
-	if !ok || ti.Offset < 0 || ti.Offset+ti.Size > int64(len(m)) {
-		return nil
+// mapWindow maps size bytes of file at off (any alignment); the returned
+// function unmaps. nil when the file is not open or mapping fails.
+func (in *integrity) mapWindow(file string, off, size int64) ([]byte, func()) {
+	f, ok := in.files[file]
+	if !ok {
+		return nil, nil
 	}
-	return m[ti.Offset : ti.Offset+ti.Size]
+	page := int64(os.Getpagesize())
+	aligned := off / page * page
+	m, err := mmap.MapRegion(f, int(size+off-aligned), mmap.RDONLY, 0, aligned)
+	if err != nil {
+		return nil, nil
+	}
+	return m[off-aligned:], func() { m.Unmap() }
 }
 
-const blockBytes = 4 << 20
+// mapWindowBytes is how much of a tensor is mapped at a time; blockBytes
+// how much is read at a time when mapping is not possible.
+const (
+	mapWindowBytes = 64 << 20
+	blockBytes     = 4 << 20
+)
 
 func (in *integrity) checkTensor(ti formats.TensorInfo) error {
 	l := layout.LayerOf(ti.Name)
@@ -306,14 +301,8 @@ func (in *integrity) checkTensor(ti formats.TensorInfo) error {
 // positioned reads in blocks.
 func (in *integrity) scan(ti, tinfo formats.TensorInfo, compare bool) (identical, finite bool, err error) {
 	checkFinite := ti.DType.IsFloat() && ti.DType.Size() > 0
-	if b := in.mapped(ti); b != nil {
-		var tb []byte
-		if compare {
-			tb = in.mapped(tinfo)
-		}
-		if !compare || tb != nil {
-			return !compare || bytes.Equal(b, tb), !checkFinite || allFiniteRaw(ti.DType, b), nil
-		}
+	if ok, identical, finite := in.scanMapped(ti, tinfo, compare, checkFinite); ok {
+		return identical, finite, nil
 	}
 	sec, err := in.hy.Section(ti.Name)
 	if err != nil {
@@ -351,6 +340,36 @@ func (in *integrity) scan(ti, tinfo formats.TensorInfo, compare bool) (identical
 		}
 	}
 	return identical, finite, nil
+}
+
+// scanMapped is scan through mapped windows; ok is false when mapping is not
+// possible (the caller then reads).
+func (in *integrity) scanMapped(ti, tinfo formats.TensorInfo, compare, checkFinite bool) (ok, identical, finite bool) {
+	if in.files == nil {
+		return false, false, false
+	}
+	identical, finite = true, true
+	for off := int64(0); off < ti.Size; off += mapWindowBytes {
+		n := min(int64(mapWindowBytes), ti.Size-off)
+		b, unmap := in.mapWindow(ti.File, ti.Offset+off, n)
+		if b == nil {
+			return false, false, false
+		}
+		if compare && identical {
+			tb, tunmap := in.mapWindow(tinfo.File, tinfo.Offset+off, n)
+			if tb == nil {
+				unmap()
+				return false, false, false
+			}
+			identical = bytes.Equal(b, tb)
+			tunmap()
+		}
+		if finite && checkFinite {
+			finite = allFiniteRaw(ti.DType, b)
+		}
+		unmap()
+	}
+	return true, identical, finite
 }
 
 // allFiniteRaw reports whether raw little-endian floats hold no NaN or Inf,
