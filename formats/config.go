@@ -550,3 +550,34 @@ func PythonFloat(f float64) string {
 	}
 	return s
 }
+
+// Validate checks the vision tower's sizes are usable for a forward pass.
+func (v VisionConfig) Validate() error {
+	if v.PatchSize <= 0 || v.ImageSize < v.PatchSize {
+		return fmt.Errorf("vision_config: image_size %d is smaller than patch_size %d", v.ImageSize, v.PatchSize)
+	}
+	if v.NumHeads <= 0 || v.HiddenSize%v.NumHeads != 0 {
+		return fmt.Errorf("vision_config: hidden_size %d is not a multiple of %d heads", v.HiddenSize, v.NumHeads)
+	}
+	if v.NumChannels <= 0 || v.IntermediateSize <= 0 || !(v.LayerNormEps > 0) {
+		return fmt.Errorf("vision_config: num_channels %d, intermediate_size %d, layer_norm_eps %g: all must be positive",
+			v.NumChannels, v.IntermediateSize, v.LayerNormEps)
+	}
+	return nil
+}
+
+// VisionFeatureIndex resolves vision_feature_layer to an index into the
+// tower's hidden states (hidden_states[0] is the embeddings, [k] the output
+// of layer k−1; negative values count from the end).
+func (c *ModelConfig) VisionFeatureIndex() (int, error) {
+	n := c.Vision.NumLayers
+	idx := c.VisionFeatureLayer
+	if idx < 0 {
+		idx += n + 1
+	}
+	if idx < 0 || idx > n {
+		return 0, fmt.Errorf("vision_feature_layer %d is outside the %d hidden states of a %d-layer tower",
+			c.VisionFeatureLayer, n+1, n)
+	}
+	return idx, nil
+}

@@ -165,3 +165,30 @@ func TestReadModelConfigFixtures(t *testing.T) {
 		}
 	}
 }
+
+func TestVisionChecks(t *testing.T) {
+	c, err := ParseModelConfig([]byte(phiConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Vision.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if idx, err := c.VisionFeatureIndex(); err != nil || idx != 26 { // −2 of 27 layers: output of layer 25
+		t.Errorf("feature index %d, %v", idx, err)
+	}
+	c.VisionFeatureLayer = -29
+	if _, err := c.VisionFeatureIndex(); err == nil {
+		t.Error("feature layer −29 of 27 accepted")
+	}
+	v := c.Vision
+	v.NumHeads = 7
+	if err := v.Validate(); err == nil || !strings.Contains(err.Error(), "multiple") {
+		t.Errorf("7 heads: %v", err)
+	}
+	v = c.Vision
+	v.PatchSize = 0
+	if err := v.Validate(); err == nil {
+		t.Error("patch size 0 accepted")
+	}
+}

@@ -50,28 +50,16 @@ func loadVision(ld *loader, cfg *formats.ModelConfig) (*visionTower, error) {
 	vc := cfg.Vision
 	// A stride-patch conv without padding: 384 px in patches of 14 is a
 	// 27×27 grid, the last 384 − 27·14 = 6 rows and columns unused.
-	if vc.ImageSize < vc.PatchSize {
-		return nil, fmt.Errorf("vision_config: image_size %d is smaller than patch_size %d", vc.ImageSize, vc.PatchSize)
-	}
-	if vc.NumHeads <= 0 || vc.HiddenSize%vc.NumHeads != 0 {
-		return nil, fmt.Errorf("vision_config: hidden_size %d is not a multiple of %d heads", vc.HiddenSize, vc.NumHeads)
-	}
-	if vc.NumChannels <= 0 || vc.IntermediateSize <= 0 || !(vc.LayerNormEps > 0) {
-		return nil, fmt.Errorf("vision_config: num_channels %d, intermediate_size %d, layer_norm_eps %g: all must be positive",
-			vc.NumChannels, vc.IntermediateSize, vc.LayerNormEps)
+	if err := vc.Validate(); err != nil {
+		return nil, err
 	}
 	act, err := geluForm(vc.HiddenAct)
 	if err != nil {
 		return nil, fmt.Errorf("vision_config.hidden_act: %w", err)
 	}
-	// hidden_states[0] is the embeddings, [k] the output of layer k−1.
-	idx := cfg.VisionFeatureLayer
-	if idx < 0 {
-		idx += vc.NumLayers + 1
-	}
-	if idx < 0 || idx > vc.NumLayers {
-		return nil, fmt.Errorf("vision_feature_layer %d is outside the %d hidden states of a %d-layer tower",
-			cfg.VisionFeatureLayer, vc.NumLayers+1, vc.NumLayers)
+	idx, err := cfg.VisionFeatureIndex()
+	if err != nil {
+		return nil, err
 	}
 	v := &visionTower{cfg: vc, heads: vc.NumHeads, headDim: vc.HiddenSize / vc.NumHeads, act: act, eps: float32(vc.LayerNormEps)}
 	switch cfg.VisionFeatureSelectStrategy {
