@@ -114,7 +114,10 @@ const (
 
 // AdamWStep is one AdamW update's settings, torch.optim.AdamW's
 // arithmetic (package optim's AdamW documents it): Step counts from 1;
-// the gradient is first multiplied by GradScale (1, or a clipping factor).
+// the gradient is first multiplied by GradScale (1, or a clipping factor)
+// and rounded to float32, as optim.ClipGlobalNorm stores a clipped
+// gradient, so that AdamW with GradScale = the clipping coefficient equals
+// ClipGlobalNorm followed by optim's Step bit for bit.
 type AdamWStep struct {
 	LR, Beta1, Beta2, Eps, WeightDecay float64
 	Step                               int64
@@ -124,7 +127,10 @@ type AdamWStep struct {
 // LossGrad is the distillation objective's terms and the optimiser. The
 // loss functions return their value (one synchronisation with the host)
 // and add weight·∂loss/∂input into their gradient output, so several
-// terms share one gradient buffer.
+// terms share one gradient buffer. Their inputs and gradients are F32;
+// a gradient output may be nil (the value alone, for evaluation). A value
+// that is not finite (non-finite inputs on the rows counted) is returned
+// with an error, and the gradient output is then undefined.
 type LossGrad interface {
 	// KLDivergence is T²·(1/count)·Σ_r KL(softmax(teacher_r/T) ‖
 	// softmax(student_r/T)) over the rows r of student and teacher
@@ -136,7 +142,10 @@ type LossGrad interface {
 	// CrossEntropy is the mean over counted rows of −log softmax(logits_r)
 	// [labels[r+1]] — row r predicts the next token (HF's shift); a label
 	// of −100 is not counted. len(labels) = rows; any other label outside
-	// [0, vocab) is an error. dlogits += weight·∂loss/∂logits.
+	// [0, vocab) is an error. dlogits += weight·∂loss/∂logits. logits
+	// [.., L, vocab] hold sequences of L rows (2-D: one sequence) and the
+	// shift stays within each: a sequence's last row predicts nothing.
+	// No counted row gives 0.
 	CrossEntropy(dlogits, logits Tensor, labels []int, weight float32) (float64, error)
 	// LayerDistance is the distance of the given form between student and
 	// teacher (equal shapes), summed in float64; dstudent +=
@@ -148,7 +157,11 @@ type LossGrad interface {
 	// and v (F32, same shape, updated in place), decaying the weights when
 	// decay is set. When shadow is not nil (a BF16 tensor of param's
 	// shape) it receives the new values rounded to nearest even: the copy
-	// the forward pass computes with. grad is read, not cleared.
+	// the forward pass computes with. grad is read, not cleared. Each
+	// element is computed in float64 from the stored float32 values, as
+	// optim does, so the results equal optim.AdamW's bit for bit. Settings
+	// optim would reject (and Step < 1, GradScale not positive and finite)
+	// are an error.
 	AdamW(param, grad, m, v, shadow Tensor, decay bool, s AdamWStep) error
 }
 
