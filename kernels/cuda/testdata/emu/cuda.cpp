@@ -50,8 +50,14 @@ int cuGetErrorName(int r, const char** s) {
     }
     return 0;
 }
-int cuDeviceGetCount(int* n) { *n = 1; return 0; }
-int cuDeviceGet(int* d, int o) { if (o != 0) return 101; *d = 0; return 0; }
+// EMU_DEVICES devices (default 2) share the host memory, for the
+// multi-rank tests with the fake NCCL.
+static int devices() {
+    const char* e = getenv("EMU_DEVICES");
+    return e ? atoi(e) : 2;
+}
+int cuDeviceGetCount(int* n) { *n = devices(); return 0; }
+int cuDeviceGet(int* d, int o) { if (o < 0 || o >= devices()) return 101; *d = o; return 0; }
 int cuDeviceGetName(char* s, int len, int) { snprintf(s, len, "CPU emulator"); return 0; }
 int cuDeviceGetAttribute(int* v, int a, int) {
     switch (a) {
@@ -62,7 +68,7 @@ int cuDeviceGetAttribute(int* v, int a, int) {
     return 0;
 }
 int cuDeviceTotalMem_v2(size_t* b, int) { *b = (size_t)8 << 30; return 0; }
-int cuDevicePrimaryCtxRetain(void** c, int) { *c = (void*)0x1; return 0; }
+int cuDevicePrimaryCtxRetain(void** c, int d) { *c = (void*)(uintptr_t)(0x1 + d); return 0; }
 int cuDevicePrimaryCtxRelease_v2(int) { return 0; }
 int cuCtxSetCurrent(void* c) { ctx_current = c != nullptr; return 0; }
 int cuMemGetInfo_v2(size_t* f, size_t* t) { NEEDCTX; *f = *t = (size_t)8 << 30; return 0; }
