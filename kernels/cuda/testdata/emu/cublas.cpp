@@ -40,4 +40,28 @@ int cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, 
     if (ct != 0 || compute != 68 || (at != 14 && at != 0) || at != bt) return 15;
     return gemm(ta, tb, m, n, k, (const float*)alpha, A, at, lda, B, bt, ldb, (const float*)beta, (float*)C, ldc);
 }
+// Strided-batched forms: batch independent products, operand i at
+// pointer + i·stride elements.
+int cublasSgemmStridedBatched(void*, int ta, int tb, int m, int n, int k, const float* alpha, const float* A, int lda, long long sa,
+                              const float* B, int ldb, long long sb, const float* beta, float* C, int ldc, long long sc, int batch) {
+    if (batch < 0) return 7;
+    for (int i = 0; i < batch; i++) {
+        int r = gemm(ta, tb, m, n, k, alpha, A + i * sa, 0, lda, B + i * sb, 0, ldb, beta, C + i * sc, ldc);
+        if (r) return r;
+    }
+    return 0;
+}
+int cublasGemmStridedBatchedEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda, long long sa,
+                               const void* B, int bt, int ldb, long long sb, const void* beta, void* C, int ct, int ldc, long long sc,
+                               int batch, int compute, int) {
+    if (ct != 0 || compute != 68 || (at != 14 && at != 0) || at != bt) return 15;
+    if (batch < 0) return 7;
+    size_t es = at == 14 ? 2 : 4;
+    for (int i = 0; i < batch; i++) {
+        int r = gemm(ta, tb, m, n, k, (const float*)alpha, (const char*)A + i * sa * es, at, lda, (const char*)B + i * sb * es, bt, ldb,
+                     (const float*)beta, (float*)C + i * sc, ldc);
+        if (r) return r;
+    }
+    return 0;
+}
 }

@@ -1,0 +1,287 @@
+package cuda
+
+import (
+	"math"
+
+	"github.com/matsurgery/matsurgery/kernels"
+)
+
+// Softmax attention through cuBLAS: the scores of a block of query rows
+// against the keys they see are one strided-batched product (a batch of
+// kv heads), the softmax a row kernel (k_attn_softmax_rows), and every
+// other step a product again. At training sizes (sequence 1428, 32 heads
+// of 80) the products run on the tensor cores (bf16) or at sgemm speed
+// (f32), far above the CUDA-core flash kernel of attention.cu, and the
+// scratch is bounded: no l×l matrix for a long sequence, only a block of
+// query rows against its keys.
+
+// attnScratchBytes caps the scratch of one attention call (scores and
+// their gradient for a block of query rows); the block's row count is
+// chosen to fit it.
+var attnScratchBytes = 256 << 20
+
+// attnBlockRows, when > 0, fixes the query rows of a block (tests and
+// benchmarks); 0 lets attnRows choose.
+var attnBlockRows = 0
+
+// attnRows is the query rows of a block: without a causal mask as many
+// as fit the scratch (fewer, larger products); with one, about l/8
+// (rounded up to 64), since a block computes its rows against every key
+// up to its last row and larger blocks waste more of the masked half;
+// never more than fit attnScratchBytes with bytesPerScore bytes per
+// (kv head, row, key), at least 1.
+func attnRows(l, hkv, bytesPerScore int, causal bool) int {
+	rows := l
+	if causal {
+		rows = max(64, (l/8+63)/64*64)
+	}
+	if attnBlockRows > 0 {
+		rows = attnBlockRows
+	}
+	fit := attnScratchBytes / (hkv * l * bytesPerScore)
+	return max(1, min(rows, fit, l))
+}
+
+// elemOffset is the address of element i of t.
+func elemOffset(t *Tensor, i int) uint64 { return t.ptr + uint64(i*t.dtype.Size()) }
+
+// attnBlock is the part of an attention call shared by its query blocks.
+type attnBlock struct {
+	be                         *Backend
+	what                       string
+	q, k, v, out               *Tensor // operands of the products (F32, or all of q, k, v BF16)
+	nb, l, h, hkv, p, rep      int
+	scale                      float32
+	causal                     bool
+	dtype                      int    // cudaR32F or cudaR16BF
+	sBuf, dpBuf, pbBuf, dsbBuf uint64 // scratch: scores, their gradient (f32), P and dS in bf16 (bf16 only)
+}
+
+// softmaxRows launches k_attn_softmax_rows for rows [i0, i0+rows) of
+// batch bi, query heads g·rep+j, keys [0, lk). dout and out (F32) are nil
+// in the forward.
+func (a *attnBlock) softmaxRows(bi, i0, rows, lk, j int, dout, out *Tensor) error {
+	be := a.be
+	f, err := be.kernel("train_dense", "k_attn_softmax_rows")
+	if err != nil {
+		return err
+	}
+	var dP, dO, O devPtr
+	if dout != nil {
+		row := (bi*a.l + i0) * a.h * a.p
+		dP, dO, O = devPtr(a.dpBuf), devPtr(elemOffset(dout, row)), devPtr(elemOffset(out, row))
+	}
+	bf := 0
+	if a.dtype == cudaR16BF {
+		bf = 1
+	}
+	return be.launch(a.what, f, dims{(rows + 3) / 4, a.hkv, 1}, dims{128, 1, 1}, 0,
+		devPtr(a.sBuf), dP, devPtr(a.pbBuf), devPtr(a.dsbBuf), bf, dO, O, rows, lk, i0, a.h, a.p, a.rep, j, a.scale, a.causal)
+}
+
+// qMat is rows of a [b,l,H,p] tensor from (bi, i0), heads j, j+rep, …
+// (one a kv head); kvMat is rows of a [b,l,Hkv,p] tensor from (bi, 0),
+// one kv head after another.
+func (a *attnBlock) qMat(t *Tensor, bi, i0, j int) mat {
+	return mat{ptr: elemOffset(t, ((bi*a.l+i0)*a.h+j)*a.p), ld: a.h * a.p, stride: int64(a.rep * a.p)}
+}
+
+func (a *attnBlock) kvMat(t *Tensor, bi int) mat {
+	return mat{ptr: elemOffset(t, bi*a.l*a.hkv*a.p), ld: a.hkv * a.p, stride: int64(a.p)}
+}
+
+func (a *attnBlock) gemm(transA, transB bool, m, n, k int, alpha float32, x, y mat, beta float32, c mat) error {
+	return a.be.blas.gemmRows(a.be.handle, transA, transB, m, n, k, alpha, x, y, beta, c, a.hkv, a.dtype)
+}
+
+// attnGradOperands checks the operands of SoftmaxAttentionBackward.
+func (be *Backend) attnGradOperands(o *ops, dq, dk, dv, dout, q, k, v, out kernels.Tensor, scale float32) (s *scan, dqt, dkt, dvt, dot *Tensor) {
+	s = be.attnOperands(o, out, q, k, v)
+	dqt, dkt, dvt, dot = o.out(dq, "dq"), o.out(dk, "dk"), o.out(dv, "dv"), o.t(dout, "dout")
+	if o.err != nil {
+		return
+	}
+	o.shape(dqt, "dq", s.nb, s.l, s.h, s.p)
+	o.shape(dot, "dout", s.nb, s.l, s.h, s.p)
+	o.shape(dkt, "dk", s.nb, s.l, s.hb, s.p)
+	o.shape(dvt, "dv", s.nb, s.l, s.hb, s.p)
+	if math.IsNaN(float64(scale)) || math.IsInf(float64(scale), 0) {
+		o.fail("scale %g is not a finite number", scale)
+	}
+	grads := []struct {
+		t    *Tensor
+		name string
+	}{{dqt, "dq"}, {dkt, "dk"}, {dvt, "dv"}}
+	for i, g := range grads {
+		for _, in := range []struct {
+			t    *Tensor
+			name string
+		}{{s.C, "q"}, {s.B, "k"}, {s.x, "v"}, {s.y, "out"}, {dot, "dout"}} {
+			if o.err == nil && g.t.ptr == in.t.ptr {
+				o.fail("%s must not alias %s", g.name, in.name)
+			}
+		}
+		for _, h := range grads[i+1:] {
+			if o.err == nil && g.t.ptr == h.t.ptr {
+				o.fail("%s must not alias %s", g.name, h.name)
+			}
+		}
+	}
+	return
+}
+
+// SoftmaxAttentionBackward writes dq [b,l,H,p] and dk, dv [b,l,Hkv,p]
+// given out = SoftmaxAttention(q, k, v, scale, causal) and dout, by
+// strided-batched cuBLAS products over blocks of query rows (attnRows),
+// for each block and kv head (GQA: the query heads of a kv head one
+// product batch after another, so their dk and dv contributions add up):
+//
+//	S = Q·Kᵀ; P = softmax(scale·S) (causal mask; keys past the block's
+//	last row skipped); D = rowsum(dout∘out); dP = dout·Vᵀ;
+//	dS = P∘(dP − D); dq = scale·dS·K; dk += scale·dSᵀ·Q; dv += Pᵀ·dout.
+//
+// The probabilities are recomputed from the full rows of S (each row's
+// maximum and sum of exponentials), never stored for the whole sequence.
+// F32 q, k, v: f32 products (sgemm, no TF32), exponentials in float32,
+// sums in double. BF16 q, k and v (all three; a mixed set is widened to
+// f32 first): the products take bf16 operands with float32 accumulation,
+// which rounds dout, P and dS to bf16 as flash-attention does (D and the
+// softmax still from float32 values); relative error about 3e-3.
+func (be *Backend) SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out kernels.Tensor, scale float32, causal bool) error {
+	o := be.ops("softmaxattentionbackward")
+	s, dqt, dkt, dvt, dot := be.attnGradOperands(o, dq, dk, dv, dout, q, k, v, out, scale)
+	return o.run(func() error {
+		a := &attnBlock{be: be, what: o.op, q: s.C, k: s.B, v: s.x, out: s.y, nb: s.nb, l: s.l, h: s.h, hkv: s.hb, p: s.p,
+			rep: s.h / s.hb, scale: scale, causal: causal, dtype: cudaR32F}
+		if a.q.dtype == kernels.BF16 && a.k.dtype == kernels.BF16 && a.v.dtype == kernels.BF16 {
+			a.dtype = cudaR16BF
+		} else {
+			for _, pp := range []**Tensor{&a.q, &a.k, &a.v} {
+				w, free, err := be.widenedF32(o.op, *pp)
+				if err != nil {
+					return err
+				}
+				defer free()
+				*pp = w
+			}
+		}
+		// dout as a product operand: itself, or rounded to bf16.
+		doutOp := dot
+		bytesPerScore := 8
+		if a.dtype == cudaR16BF {
+			bytesPerScore = 12
+			tmp, err := be.alloc(kernels.BF16, dot.shape, dot.n)
+			if err != nil {
+				return err
+			}
+			defer be.release(tmp)
+			if err := be.elementwise(o.op+" dout to bf16", "k_unary", int64(dot.n), tmp, 1, dot, 0, int64(dot.n), 0, float32(0)); err != nil {
+				return err
+			}
+			doutOp = tmp
+		}
+		for _, t := range []*Tensor{dkt, dvt} {
+			if err := be.fill(o.op, t.ptr, t.n, 0); err != nil {
+				return err
+			}
+		}
+		bq := attnRows(a.l, a.hkv, bytesPerScore, causal)
+		scores := a.hkv * bq * a.l
+		buf, err := be.drv.alloc(uint64(scores*bytesPerScore), be.stream)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = be.drv.free(buf, be.stream) }()
+		a.sBuf, a.dpBuf = buf, buf+uint64(4*scores)
+		if a.dtype == cudaR16BF {
+			a.pbBuf, a.dsbBuf = buf+uint64(8*scores), buf+uint64(10*scores)
+		}
+		P, dS := a.sBuf, a.dpBuf
+		if a.dtype == cudaR16BF {
+			P, dS = a.pbBuf, a.dsbBuf
+		}
+		for bi := range a.nb {
+			K, V := a.kvMat(a.k, bi), a.kvMat(a.v, bi)
+			dK, dV := a.kvMat(dkt, bi), a.kvMat(dvt, bi)
+			for i0 := 0; i0 < a.l; i0 += bq {
+				rows := min(bq, a.l-i0)
+				lk := a.l
+				if causal {
+					lk = i0 + rows
+				}
+				sc := mat{ptr: a.sBuf, ld: lk, stride: int64(rows * lk)}
+				dp := mat{ptr: a.dpBuf, ld: lk, stride: int64(rows * lk)}
+				pm, dsm := mat{ptr: P, ld: lk, stride: sc.stride}, mat{ptr: dS, ld: lk, stride: sc.stride}
+				for j := range a.rep {
+					Q, dO, dQ := a.qMat(a.q, bi, i0, j), a.qMat(doutOp, bi, i0, j), a.qMat(dqt, bi, i0, j)
+					if err := a.gemm(false, true, rows, lk, a.p, 1, Q, K, 0, sc); err != nil {
+						return err
+					}
+					if err := a.gemm(false, true, rows, lk, a.p, 1, dO, V, 0, dp); err != nil {
+						return err
+					}
+					if err := a.softmaxRows(bi, i0, rows, lk, j, dot, a.out); err != nil {
+						return err
+					}
+					if err := a.gemm(false, false, rows, a.p, lk, scale, dsm, K, 0, dQ); err != nil {
+						return err
+					}
+					if err := a.gemm(true, false, lk, a.p, rows, scale, dsm, Q, 1, dK); err != nil {
+						return err
+					}
+					if err := a.gemm(true, false, lk, a.p, rows, 1, pm, dO, 1, dV); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// softmaxAttentionGEMM is SoftmaxAttention by the same blocked products:
+// S = Q·Kᵀ, P = softmax(scale·S) in place, out = P·V, in float32 (BF16
+// operands widened first), for long sequences where the products beat
+// the flash kernel. Owner goroutine only; s is checked.
+func (be *Backend) softmaxAttentionGEMM(what string, s *scan, scale float32, causal bool) error {
+	a := &attnBlock{be: be, what: what, q: s.C, k: s.B, v: s.x, out: s.y, nb: s.nb, l: s.l, h: s.h, hkv: s.hb, p: s.p,
+		rep: s.h / s.hb, scale: scale, causal: causal, dtype: cudaR32F}
+	for _, pp := range []**Tensor{&a.q, &a.k, &a.v} {
+		w, free, err := be.widenedF32(what, *pp)
+		if err != nil {
+			return err
+		}
+		defer free()
+		*pp = w
+	}
+	bq := attnRows(a.l, a.hkv, 4, causal)
+	buf, err := be.drv.alloc(uint64(4*a.hkv*bq*a.l), be.stream)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = be.drv.free(buf, be.stream) }()
+	a.sBuf = buf
+	for bi := range a.nb {
+		K, V := a.kvMat(a.k, bi), a.kvMat(a.v, bi)
+		for i0 := 0; i0 < a.l; i0 += bq {
+			rows := min(bq, a.l-i0)
+			lk := a.l
+			if causal {
+				lk = i0 + rows
+			}
+			sc := mat{ptr: a.sBuf, ld: lk, stride: int64(rows * lk)}
+			for j := range a.rep {
+				if err := a.gemm(false, true, rows, lk, a.p, 1, a.qMat(a.q, bi, i0, j), K, 0, sc); err != nil {
+					return err
+				}
+				if err := a.softmaxRows(bi, i0, rows, lk, j, nil, nil); err != nil {
+					return err
+				}
+				if err := a.gemm(false, false, rows, a.p, lk, 1, sc, V, 0, a.qMat(a.out, bi, i0, j)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
