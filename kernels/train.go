@@ -46,7 +46,10 @@ type DenseGrad interface {
 	// given out = SoftmaxAttention(q, k, v, scale, causal) and dout (GQA:
 	// a kv head's gradient sums over the heads that read it). It
 	// recomputes the probabilities block by block (with each row's
-	// log-sum-exp), never holding an l×l matrix.
+	// log-sum-exp), never holding an l×l matrix. q, k and v may be BF16
+	// on a backend whose SoftmaxAttention takes them (CUDA: its products
+	// then round dout and the probabilities to bf16, a looser precision
+	// it documents); the gradients stay F32.
 	SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out Tensor, scale float32, causal bool) error
 	// RoPEInverse rotates, in place, by the negative of RoPE's angles with
 	// the same arguments: it undoes RoPE, and since the rotation is
