@@ -17,13 +17,16 @@ type arena struct {
 }
 
 // alloc returns a new F32 tensor (contents undefined).
-func (a *arena) alloc(shape ...int) kernels.Tensor {
+func (a *arena) alloc(shape ...int) kernels.Tensor { return a.allocOf(kernels.F32, shape...) }
+
+// allocOf returns a new tensor of dtype dt (contents undefined).
+func (a *arena) allocOf(dt kernels.DType, shape ...int) kernels.Tensor {
 	if a.err != nil {
 		return nil
 	}
-	t, err := a.be.Alloc(kernels.F32, shape...)
+	t, err := a.be.Alloc(dt, shape...)
 	if err != nil {
-		a.err = fmt.Errorf("allocate activation %v: %w", shape, err)
+		a.err = fmt.Errorf("allocate %v activation %v: %w", dt, shape, err)
 		return nil
 	}
 	a.owned = append(a.owned, t)
@@ -99,6 +102,7 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 		if k != 1 {
 			p.ar.free()
 			delete(m.plans, k)
+			m.mm.release() // its bf16 copies were sized for that length too
 		}
 	}
 	s := m.sizes
@@ -140,7 +144,7 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 		p.attn = ap
 	}
 	if mixCfg != nil {
-		p.mix = newMixerPlan(a, mixCfg.cfg, n)
+		p.mix = newMixerPlan(a, mixCfg.cfg, n, m.mm.bf16)
 	}
 	if a.err != nil {
 		a.free()

@@ -8,7 +8,8 @@ import (
 )
 
 // On a GPU: the teacher and hybrid fixtures give the golden logits on the
-// CUDA backend too, and incremental decode there equals recomputing.
+// CUDA backend too (in bf16 precision within bf16Tol), and incremental
+// decode there equals recomputing.
 // Skips without a GPU; on a GPU machine:
 //
 //	CGO_ENABLED=0 go test -c -o bin/model.test ./model && (cd model && ../bin/model.test -test.run CUDA -test.v)
@@ -21,49 +22,58 @@ func TestCUDAMatchesGolden(t *testing.T) {
 		{"phi-h25", "phi-tiny-h25"}, {"qwen2-h25", "qwen2-tiny-h25"},
 	}
 	for _, c := range cases {
-		t.Run(c.golden, func(t *testing.T) {
-			be, err := cuda.New(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer be.Close()
-			m, err := Load(filepath.Join(fixtures, c.dir), be, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			g := openGolden(t, c.golden)
-			pixels, ids := g.f32("pixel_values"), g.ids("input_ids")
-			logits, err := m.Forward(pixels, ids)
-			if err != nil {
-				t.Fatal(err)
-			}
-			full := download(t, be, logits)
-			checkRel(t, "logits", full, g.f64("logits"), goldenTol)
-			// Decode the prompt's last tokens one at a time: the same logits as the full forward.
-			vocab := m.sizes.vocab
-			n := len(ids)
-			last, err := m.Prefill(pixels, ids[:n-3])
-			if err != nil {
-				t.Fatal(err)
-			}
-			L := m.SequenceLength(ids)
-			rows := [][]float32{last}
-			for _, id := range ids[n-3:] {
-				v, err := m.Step(id)
+		for _, prec := range []Precision{PrecisionF32, PrecisionBF16} {
+			t.Run(c.golden+"/"+string(prec), func(t *testing.T) {
+				be, err := cuda.New(0)
 				if err != nil {
 					t.Fatal(err)
 				}
-				rows = append(rows, v)
-			}
-			for k, v := range rows {
-				pos := L - 4 + k
-				want := make([]float64, vocab)
-				for i := range want {
-					want[i] = float64(full[pos*vocab+i])
+				defer be.Close()
+				m, err := Load(filepath.Join(fixtures, c.dir), be, Options{Precision: prec})
+				if err != nil {
+					t.Fatal(err)
 				}
-				checkRel(t, "decode vs forward", v, want, 1e-5)
-			}
-		})
+				defer m.Close()
+				if prec == PrecisionBF16 && m.Hybrid != nil && !m.mm.scanBF16 {
+					t.Error("bf16: the CUDA scans were found not to take bf16 inputs")
+				}
+				g := openGolden(t, c.golden)
+				pixels, ids := g.f32("pixel_values"), g.ids("input_ids")
+				logits, err := m.Forward(pixels, ids)
+				if err != nil {
+					t.Fatal(err)
+				}
+				full := download(t, be, logits)
+				tol := goldenTol
+				if prec == PrecisionBF16 {
+					tol = bf16Tol
+				}
+				checkRel(t, "logits", full, g.f64("logits"), tol)
+				// Decode the prompt's last tokens one at a time: the same logits as the full forward.
+				vocab := m.sizes.vocab
+				n := len(ids)
+				last, err := m.Prefill(pixels, ids[:n-3])
+				if err != nil {
+					t.Fatal(err)
+				}
+				L := m.SequenceLength(ids)
+				rows := [][]float32{last}
+				for _, id := range ids[n-3:] {
+					v, err := m.Step(id)
+					if err != nil {
+						t.Fatal(err)
+					}
+					rows = append(rows, v)
+				}
+				for k, v := range rows {
+					pos := L - 4 + k
+					want := make([]float64, vocab)
+					for i := range want {
+						want[i] = float64(full[pos*vocab+i])
+					}
+					checkRel(t, "decode vs forward", v, want, 1e-5)
+				}
+			})
+		}
 	}
 }

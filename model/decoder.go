@@ -93,7 +93,7 @@ func (m *Model) tokenMixer(l *decoderLayer, p *seqPlan, st *decodeState) error {
 		if st != nil {
 			ms, pos = st.mamba[l.index], st.pos
 		}
-		return l.mixer.forward(m.be, m.rows, p.mix, p.h, p.mixOut, ms, pos, !m.opts.Recurrence)
+		return l.mixer.forward(m.mm, m.rows, p.mix, p.h, p.mixOut, ms, pos, !m.opts.Recurrence)
 	}
 	if err := m.attention(l, p, st); err != nil {
 		return fmt.Errorf("attention: %w", err)
@@ -108,7 +108,7 @@ func (m *Model) tokenMixer(l *decoderLayer, p *seqPlan, st *decodeState) error {
 func (m *Model) attention(l *decoderLayer, p *seqPlan, st *decodeState) error {
 	be, s, ap := m.be, m.sizes, p.attn
 	dq, dkv := s.heads*s.headDim, s.kvHeads*s.headDim
-	if err := l.qkv.apply(be, ap.qkv, p.h); err != nil {
+	if err := m.mm.linear(l.qkv, ap.qkv, p.h); err != nil {
 		return fmt.Errorf("q/k/v projections: %w", err)
 	}
 	for _, part := range []struct {
@@ -147,7 +147,7 @@ func (m *Model) attention(l *decoderLayer, p *seqPlan, st *decodeState) error {
 			return err
 		}
 	}
-	if err := l.o.apply(be, p.mixOut, ap.outFlat); err != nil {
+	if err := m.mm.linear(l.o, p.mixOut, ap.outFlat); err != nil {
 		return fmt.Errorf("output projection: %w", err)
 	}
 	return nil
@@ -156,7 +156,7 @@ func (m *Model) attention(l *decoderLayer, p *seqPlan, st *decodeState) error {
 // mlp writes p.mlpOut from p.h: fc2(act(fc1 h)) or down(silu(gate h)·up h).
 func (m *Model) mlp(l *decoderLayer, p *seqPlan) error {
 	be, s := m.be, m.sizes
-	if err := l.up.apply(be, p.up, p.h); err != nil {
+	if err := m.mm.linear(l.up, p.up, p.h); err != nil {
 		return fmt.Errorf("mlp up projection: %w", err)
 	}
 	act := p.up
@@ -177,7 +177,7 @@ func (m *Model) mlp(l *decoderLayer, p *seqPlan) error {
 	} else if err := be.GELU(p.up, p.up, s.act); err != nil {
 		return fmt.Errorf("mlp gelu: %w", err)
 	}
-	if err := l.down.apply(be, p.mlpOut, act); err != nil {
+	if err := m.mm.linear(l.down, p.mlpOut, act); err != nil {
 		return fmt.Errorf("mlp down projection: %w", err)
 	}
 	return nil
@@ -208,7 +208,7 @@ func (m *Model) lmHead(h, x, logits kernels.Tensor) error {
 	if err := m.final.apply(m.be, h, x); err != nil {
 		return fmt.Errorf("final norm: %w", err)
 	}
-	if err := m.head.apply(m.be, logits, h); err != nil {
+	if err := m.mm.linear(m.head, logits, h); err != nil {
 		return fmt.Errorf("lm_head: %w", err)
 	}
 	return nil

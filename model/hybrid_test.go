@@ -81,7 +81,7 @@ func TestMixerMatchesKernelsComposite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := mx.forward(be, m.rows, p.mix, h, p.mixOut, nil, 0, true); err != nil {
+			if err := mx.forward(m.mm, m.rows, p.mix, h, p.mixOut, nil, 0, true); err != nil {
 				t.Fatal(err)
 			}
 			got := download(t, be, p.mixOut)

@@ -24,13 +24,14 @@ type mixerPlan struct {
 	xs, bs, cs    kernels.Tensor // [1,n,dXB], [1,n,dXB], [1,n,G·N]
 	x, B, C       kernels.Tensor // [1,n,H,P], [1,n,G,N], [1,n,G,N] (views when nothing repeats)
 	y, yFlat, yn  kernels.Tensor // [1,n,H,P], its [1,n,dInner] view, gated-normed
+	xb, bb, cb    kernels.Tensor // bf16 copies of x, B, C (bf16 precision only)
 	u, uc         kernels.Tensor // [1,K+n,convDim]: conv state then new inputs (decode), and its conv
 	uFlat, ucFlat kernels.Tensor // [1,(K+n)·convDim] views
 	xBCcFlat      kernels.Tensor // [1,n·convDim] view
 	ar            *arena
 }
 
-func newMixerPlan(a *arena, c kernels.Mamba2Config, n int) *mixerPlan {
+func newMixerPlan(a *arena, c kernels.Mamba2Config, n int, bf16 bool) *mixerPlan {
 	H, P, G, N := c.NHeads, c.HeadDim, c.NGroups, c.DState
 	mp := &mixerPlan{n: n, ar: a}
 	mp.proj = a.alloc(1, n, c.DProj())
@@ -52,6 +53,10 @@ func newMixerPlan(a *arena, c kernels.Mamba2Config, n int) *mixerPlan {
 	mp.y = a.alloc(1, n, H, P)
 	mp.yFlat = a.view(mp.y, 1, n, c.DInner())
 	mp.yn = a.alloc(1, n, c.DInner())
+	if bf16 {
+		mp.xb = a.allocOf(kernels.BF16, 1, n, H, P)
+		mp.bb, mp.cb = a.allocOf(kernels.BF16, 1, n, G, N), a.allocOf(kernels.BF16, 1, n, G, N)
+	}
 	return mp
 }
 
@@ -82,12 +87,13 @@ type mixerState struct {
 	convFlat  kernels.Tensor // [1, K·convDim] view of conv
 }
 
-// forward runs the mixer on h [1,n,d] into out [1,n,d]. st is nil for a
-// stateless pass; otherwise pos tokens came before (pos = 0: a prefill from
-// zero state) and st is advanced past these n tokens. chunked selects the
-// chunked scan (a stateless or prefill pass only).
-func (mx *mixer) forward(be kernels.Backend, rows *rowMover, mp *mixerPlan, h, out kernels.Tensor, st *mixerState, pos int, chunked bool) error {
-	c, w := mx.cfg, mx.w
+// forward runs the mixer on h [1,n,d] into out [1,n,d], its products and
+// scan in mm's precision. st is nil for a stateless pass; otherwise pos
+// tokens came before (pos = 0: a prefill from zero state) and st is
+// advanced past these n tokens. chunked selects the chunked scan (a
+// stateless or prefill pass only).
+func (mx *mixer) forward(mm *products, rows *rowMover, mp *mixerPlan, h, out kernels.Tensor, st *mixerState, pos int, chunked bool) error {
+	be, c, w := mm.be, mx.cfg, mx.w
 	dInner, convDim, K := c.DInner(), c.ConvDim(), c.ConvKernel
 	H, P, G, N := c.NHeads, c.HeadDim, c.NGroups, c.DState
 	step := func(what string, err error) error {
@@ -97,7 +103,7 @@ func (mx *mixer) forward(be kernels.Backend, rows *rowMover, mp *mixerPlan, h, o
 		return nil
 	}
 	// 1. in_proj, split into z | xBC | dt.
-	if err := step("in_proj", be.MatMul(mp.proj, h, w.InProj, true)); err != nil {
+	if err := step("in_proj", mm.matmulT(mp.proj, h, w.InProj)); err != nil {
 		return err
 	}
 	if w.InProjBias != nil {
@@ -177,11 +183,15 @@ func (mx *mixer) forward(be kernels.Backend, rows *rowMover, mp *mixerPlan, h, o
 	if st != nil {
 		state = st.ssm
 	}
+	x, B, C, err := mm.scanInputs(mp.x, mp.B, mp.C, mp.xb, mp.bb, mp.cb)
+	if err != nil {
+		return step("scan inputs", err)
+	}
 	if chunked && (st == nil || pos == 0) {
-		if err := step("ssd chunk scan", be.SSDChunkScan(mp.y, mp.x, mp.dt, mx.a, mp.B, mp.C, w.D, state, c.Chunk)); err != nil {
+		if err := step("ssd chunk scan", be.SSDChunkScan(mp.y, x, mp.dt, mx.a, B, C, w.D, state, c.Chunk)); err != nil {
 			return err
 		}
-	} else if err := step("ssd recurrence", be.SSDRecurrence(mp.y, mp.x, mp.dt, mx.a, mp.B, mp.C, w.D, state)); err != nil {
+	} else if err := step("ssd recurrence", be.SSDRecurrence(mp.y, x, mp.dt, mx.a, B, C, w.D, state)); err != nil {
 		return err
 	}
 
@@ -189,7 +199,7 @@ func (mx *mixer) forward(be kernels.Backend, rows *rowMover, mp *mixerPlan, h, o
 	if err := step("gated norm", be.GatedRMSNorm(mp.yn, mp.yFlat, mp.z, w.NormWeight, dInner/G, c.NormEps)); err != nil {
 		return err
 	}
-	if err := step("out_proj", be.MatMul(out, mp.yn, w.OutProj, true)); err != nil {
+	if err := step("out_proj", mm.matmulT(out, mp.yn, w.OutProj)); err != nil {
 		return err
 	}
 	if w.OutProjBias != nil {

@@ -57,6 +57,10 @@ type Options struct {
 	// DecodeReserve is how many tokens past the prompt the decode caches
 	// hold before they grow (default 256); they double when full.
 	DecodeReserve int
+	// Precision of the activations in matrix products and scans:
+	// PrecisionF32 (the default, "" too) or PrecisionBF16 (precision.go).
+	// PrecisionBF16 needs BF16 weights and excludes F32Weights.
+	Precision Precision
 }
 
 // DefaultChunk is the SSD chunk length when Options.Chunk is 0.
@@ -76,6 +80,7 @@ type Model struct {
 	be   kernels.Backend
 	opts Options
 	rows *rowMover
+	mm   *products               // matrix products in opts.Precision
 	att  kernels.CachedAttention // nil when the backend lacks it
 
 	sizes   textSizes
@@ -126,6 +131,14 @@ func Load(dir string, be kernels.Backend, opts Options) (*Model, error) {
 	if opts.DecodeReserve < 0 {
 		return nil, fmt.Errorf("model: load %s: decode reserve %d must be positive", dir, opts.DecodeReserve)
 	}
+	prec, err := ParsePrecision(string(opts.Precision))
+	if err != nil {
+		return nil, fmt.Errorf("model: load %s: %w", dir, err)
+	}
+	opts.Precision = prec
+	if prec == PrecisionBF16 && opts.F32Weights {
+		return nil, fmt.Errorf("model: load %s: precision bf16 multiplies bf16 weights, and F32Weights asks for float32 ones", dir)
+	}
 	cfg, err := formats.ReadModelConfig(dir)
 	if err != nil {
 		return nil, fmt.Errorf("model: load %s: %w", dir, err)
@@ -147,7 +160,13 @@ func Load(dir string, be kernels.Backend, opts Options) (*Model, error) {
 	}
 	defer ck.Close()
 
-	m := &Model{Config: cfg, Hybrid: hybrid, Dir: dir, be: be, opts: opts, sizes: sizes, plans: map[int]*seqPlan{}}
+	m := &Model{Config: cfg, Hybrid: hybrid, Dir: dir, be: be, opts: opts, sizes: sizes, plans: map[int]*seqPlan{},
+		mm: &products{be: be, bf16: prec == PrecisionBF16}}
+	if m.mm.bf16 && hybrid != nil {
+		if m.mm.scanBF16, err = scansTakeBF16(be); err != nil {
+			return nil, fmt.Errorf("model: load %s: probe the scans for bf16 inputs: %w", dir, err)
+		}
+	}
 	if rc, ok := be.(kernels.RowCopier); ok {
 		m.rows = &rowMover{be: be, native: rc}
 	} else {
@@ -240,6 +259,9 @@ func geluForm(act string) (kernels.GELUForm, error) {
 // Backend is the backend the model runs on.
 func (m *Model) Backend() kernels.Backend { return m.be }
 
+// Precision is the precision the model was loaded with.
+func (m *Model) Precision() Precision { return m.opts.Precision }
+
 // NumLayers is the number of decoder layers.
 func (m *Model) NumLayers() int { return len(m.layers) }
 
@@ -268,6 +290,7 @@ func (m *Model) Close() error {
 	m.closed = true
 	m.resetDecode()
 	m.freePlans()
+	m.mm.release()
 	m.freeWeights()
 	return nil
 }

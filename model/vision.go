@@ -199,14 +199,14 @@ func (m *Model) imageFeatures(pixels []float32) (kernels.Tensor, error) {
 		return nil, fmt.Errorf("upload patches: %w", err)
 	}
 	defer be.Free(patches)
-	if err := v.patch.apply(be, p.x, patches); err != nil {
+	if err := m.mm.linear(v.patch, p.x, patches); err != nil {
 		return nil, fmt.Errorf("patch embedding: %w", err)
 	}
 	if err := be.Add(p.x, p.x, v.pos); err != nil {
 		return nil, fmt.Errorf("position embedding: %w", err)
 	}
 	for i := range v.layers {
-		if err := v.encoderLayer(be, &v.layers[i], p); err != nil {
+		if err := v.encoderLayer(m.mm, &v.layers[i], p); err != nil {
 			return nil, fmt.Errorf("vision layer %d: %w", i, err)
 		}
 	}
@@ -218,13 +218,13 @@ func (m *Model) imageFeatures(pixels []float32) (kernels.Tensor, error) {
 	if err := be.SliceCols(p.featsFlat, p.xFlat, col0); err != nil {
 		return nil, fmt.Errorf("select feature rows: %w", err)
 	}
-	if err := m.conn.fc1.apply(be, p.c1, p.feats); err != nil {
+	if err := m.mm.linear(m.conn.fc1, p.c1, p.feats); err != nil {
 		return nil, fmt.Errorf("connector linear 0: %w", err)
 	}
 	if err := be.GELU(p.c1, p.c1, kernels.GELUErf); err != nil {
 		return nil, fmt.Errorf("connector gelu: %w", err)
 	}
-	if err := m.conn.fc2.apply(be, p.img, p.c1); err != nil {
+	if err := m.mm.linear(m.conn.fc2, p.img, p.c1); err != nil {
 		return nil, fmt.Errorf("connector linear 2: %w", err)
 	}
 	return p.img, nil
@@ -232,12 +232,12 @@ func (m *Model) imageFeatures(pixels []float32) (kernels.Tensor, error) {
 
 // encoderLayer is SigLIP's pre-norm block, in place on p.x:
 // x += out_proj(attn(LN1(x))); x += fc2(gelu(fc1(LN2(x)))).
-func (v *visionTower) encoderLayer(be kernels.Backend, l *visionLayer, p *visionPlan) error {
-	d := v.cfg.HiddenSize
+func (v *visionTower) encoderLayer(mm *products, l *visionLayer, p *visionPlan) error {
+	be, d := mm.be, v.cfg.HiddenSize
 	if err := l.ln1.apply(be, p.h, p.x); err != nil {
 		return fmt.Errorf("layer_norm1: %w", err)
 	}
-	if err := l.qkv.apply(be, p.qkv, p.h); err != nil {
+	if err := mm.linear(l.qkv, p.qkv, p.h); err != nil {
 		return fmt.Errorf("q/k/v projections: %w", err)
 	}
 	for i, t := range []kernels.Tensor{p.qf, p.kf, p.vf} {
@@ -249,7 +249,7 @@ func (v *visionTower) encoderLayer(be kernels.Backend, l *visionLayer, p *vision
 	if err := be.SoftmaxAttention(p.att, p.q, p.k, p.v, scale, false); err != nil {
 		return fmt.Errorf("attention: %w", err)
 	}
-	if err := l.o.apply(be, p.o, p.attFlat); err != nil {
+	if err := mm.linear(l.o, p.o, p.attFlat); err != nil {
 		return fmt.Errorf("out_proj: %w", err)
 	}
 	if err := be.Add(p.x, p.x, p.o); err != nil {
@@ -258,13 +258,13 @@ func (v *visionTower) encoderLayer(be kernels.Backend, l *visionLayer, p *vision
 	if err := l.ln2.apply(be, p.h, p.x); err != nil {
 		return fmt.Errorf("layer_norm2: %w", err)
 	}
-	if err := l.fc1.apply(be, p.mid, p.h); err != nil {
+	if err := mm.linear(l.fc1, p.mid, p.h); err != nil {
 		return fmt.Errorf("mlp.fc1: %w", err)
 	}
 	if err := be.GELU(p.mid, p.mid, v.act); err != nil {
 		return fmt.Errorf("mlp gelu: %w", err)
 	}
-	if err := l.fc2.apply(be, p.o, p.mid); err != nil {
+	if err := mm.linear(l.fc2, p.o, p.mid); err != nil {
 		return fmt.Errorf("mlp.fc2: %w", err)
 	}
 	if err := be.Add(p.x, p.x, p.o); err != nil {
