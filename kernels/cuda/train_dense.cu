@@ -237,7 +237,7 @@ extern "C" __global__ void k_dropout(float* out, const float* x, const u64* tabl
 
 // k_attn_softmax_rows: for one block of nb query rows (positions i0 …)
 // and kv group g = blockIdx.y, head h = g·rep + j, row i of S [g, nb, lk]
-// (raw scores q·k) becomes P = softmax(scale·S) over the keys s < lk (and
+// (raw scores q·k; rows ld ≥ lk elements apart) becomes P = softmax(scale·S) over the keys s < lk (and
 // s ≤ i0 + i when causal; other keys get 0). Backward (dP not null): with
 // D = Σ_d dO[i, h, d]·O[i, h, d] and dS = P∘(dP − D), P and dS are
 // written either over S and dP (bf == 0) or, rounded, to Pb and dSb.
@@ -245,13 +245,13 @@ extern "C" __global__ void k_dropout(float* out, const float* x, const u64* tabl
 // maximum and the sum of exponentials are taken online per lane, then
 // across the warp; sums in double.
 extern "C" __global__ void __launch_bounds__(32 * TD_ATT_ROWS) k_attn_softmax_rows(float* S, float* dP, bf16_t* Pb, bf16_t* dSb, int bf,
-                                                                                   const float* dO, const float* O, int nb, int lk, int i0,
+                                                                                   const float* dO, const float* O, int nb, int lk, int ld, int i0,
                                                                                    int H, int p, int rep, int j, float scale, int causal) {
     int lane = threadIdx.x & 31, i = blockIdx.x * TD_ATT_ROWS + (threadIdx.x >> 5);
     if (i >= nb) return; // whole warps only: no collective below spans warps
     int g = blockIdx.y, h = g * rep + j, t = i0 + i;
     int last = causal ? min(lk, t + 1) : lk; // keys [0, last) are seen
-    i64 row = ((i64)g * nb + i) * lk;
+    i64 row = ((i64)g * nb + i) * ld;
     float* s = S + row;
     float m = TD_NEG_INF;
     double sum = 0.0;

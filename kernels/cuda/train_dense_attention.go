@@ -29,7 +29,7 @@ var attnBlockRows = 0
 // (rounded up to 64), since a block computes its rows against every key
 // up to its last row and larger blocks waste more of the masked half;
 // never more than fit attnScratchBytes with bytesPerScore bytes per
-// (kv head, row, key), at least 1.
+// (kv head, row, key) at rows of scoreLD(l) keys, at least 1.
 func attnRows(l, hkv, bytesPerScore int, causal bool) int {
 	rows := l
 	if causal {
@@ -38,9 +38,17 @@ func attnRows(l, hkv, bytesPerScore int, causal bool) int {
 	if attnBlockRows > 0 {
 		rows = attnBlockRows
 	}
-	fit := attnScratchBytes / (hkv * l * bytesPerScore)
+	fit := attnScratchBytes / (hkv * scoreLD(l) * bytesPerScore)
+	if fit >= 64 {
+		fit = fit / 16 * 16 // whole tiles of the products
+	}
 	return max(1, min(rows, fit, l))
 }
+
+// scoreLD is the distance between rows of a block's scores over lk keys:
+// lk rounded up to 8 elements, so that every row of the bf16 (and f32)
+// operands starts 16-byte aligned, as cuBLAS's tensor-core kernels want.
+func scoreLD(lk int) int { return (lk + 7) / 8 * 8 }
 
 // elemOffset is the address of element i of t.
 func elemOffset(t *Tensor, i int) uint64 { return t.ptr + uint64(i*t.dtype.Size()) }
@@ -61,6 +69,7 @@ type attnBlock struct {
 // batch bi, query heads g·rep+j, keys [0, lk). dout and out (F32) are nil
 // in the forward.
 func (a *attnBlock) softmaxRows(bi, i0, rows, lk, j int, dout, out *Tensor) error {
+	ld := scoreLD(lk)
 	be := a.be
 	f, err := be.kernel("train_dense", "k_attn_softmax_rows")
 	if err != nil {
@@ -76,7 +85,7 @@ func (a *attnBlock) softmaxRows(bi, i0, rows, lk, j int, dout, out *Tensor) erro
 		bf = 1
 	}
 	return be.launch(a.what, f, dims{(rows + 3) / 4, a.hkv, 1}, dims{128, 1, 1}, 0,
-		devPtr(a.sBuf), dP, devPtr(a.pbBuf), devPtr(a.dsbBuf), bf, dO, O, rows, lk, i0, a.h, a.p, a.rep, j, a.scale, a.causal)
+		devPtr(a.sBuf), dP, devPtr(a.pbBuf), devPtr(a.dsbBuf), bf, dO, O, rows, lk, ld, i0, a.h, a.p, a.rep, j, a.scale, a.causal)
 }
 
 // qMat is rows of a [b,l,H,p] tensor from (bi, i0), heads j, j+rep, …
@@ -186,7 +195,7 @@ func (be *Backend) SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out kerne
 			}
 		}
 		bq := attnRows(a.l, a.hkv, bytesPerScore, causal)
-		scores := a.hkv * bq * a.l
+		scores := a.hkv * bq * scoreLD(a.l)
 		buf, err := be.drv.alloc(uint64(scores*bytesPerScore), be.stream)
 		if err != nil {
 			return err
@@ -209,9 +218,10 @@ func (be *Backend) SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out kerne
 				if causal {
 					lk = i0 + rows
 				}
-				sc := mat{ptr: a.sBuf, ld: lk, stride: int64(rows * lk)}
-				dp := mat{ptr: a.dpBuf, ld: lk, stride: int64(rows * lk)}
-				pm, dsm := mat{ptr: P, ld: lk, stride: sc.stride}, mat{ptr: dS, ld: lk, stride: sc.stride}
+				ld := scoreLD(lk)
+				sc := mat{ptr: a.sBuf, ld: ld, stride: int64(rows * ld)}
+				dp := mat{ptr: a.dpBuf, ld: ld, stride: sc.stride}
+				pm, dsm := mat{ptr: P, ld: ld, stride: sc.stride}, mat{ptr: dS, ld: ld, stride: sc.stride}
 				for j := range a.rep {
 					Q, dO, dQ := a.qMat(a.q, bi, i0, j), a.qMat(doutOp, bi, i0, j), a.qMat(dqt, bi, i0, j)
 					if err := a.gemm(false, true, rows, lk, a.p, 1, Q, K, 0, sc); err != nil {
@@ -255,7 +265,7 @@ func (be *Backend) softmaxAttentionGEMM(what string, s *scan, scale float32, cau
 		*pp = w
 	}
 	bq := attnRows(a.l, a.hkv, 4, causal)
-	buf, err := be.drv.alloc(uint64(4*a.hkv*bq*a.l), be.stream)
+	buf, err := be.drv.alloc(uint64(4*a.hkv*bq*scoreLD(a.l)), be.stream)
 	if err != nil {
 		return err
 	}
@@ -269,7 +279,8 @@ func (be *Backend) softmaxAttentionGEMM(what string, s *scan, scale float32, cau
 			if causal {
 				lk = i0 + rows
 			}
-			sc := mat{ptr: a.sBuf, ld: lk, stride: int64(rows * lk)}
+			ld := scoreLD(lk)
+			sc := mat{ptr: a.sBuf, ld: ld, stride: int64(rows * ld)}
 			for j := range a.rep {
 				if err := a.gemm(false, true, rows, lk, a.p, 1, a.qMat(a.q, bi, i0, j), K, 0, sc); err != nil {
 					return err
