@@ -618,3 +618,19 @@ func TestDenseGradErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDenseGradConformance runs the shared DenseGrad suite at the
+// backend's tolerances (float32 products; the peaked-softmax attention
+// case gets the suite's own slack).
+func TestDenseGradConformance(t *testing.T) {
+	if ok, why := Available(); !ok {
+		t.Skipf("no CUDA device: %s; %s", why, howToRun)
+	}
+	conformance.RunDenseGrad(t, func() kernels.Backend {
+		be, err := New(0)
+		if err != nil {
+			t.Fatalf("New(0): %v", err)
+		}
+		return be
+	}, tolerances())
+}
