@@ -32,9 +32,11 @@ type DenseGrad interface {
 	// SumRows computes out[n] = Σ_r a[r,n] over the rows of a (leading
 	// dimensions flattened), written or accumulated: a bias gradient.
 	SumRows(out, a Tensor, accumulate bool) error
-	// GELUBackward writes dx = dy·gelu'(x) for the given form.
+	// GELUBackward writes dx = dy·gelu'(x) for the given form; dx may be
+	// dy or x (in place).
 	GELUBackward(dx, dy, x Tensor, form GELUForm) error
-	// SiLUBackward writes dx = dy·silu'(x) = dy·σ(x)·(1 + x·(1 − σ(x))).
+	// SiLUBackward writes dx = dy·silu'(x) = dy·σ(x)·(1 + x·(1 − σ(x)));
+	// dx may be dy or x (in place).
 	SiLUBackward(dx, dy, x Tensor) error
 	// LayerNormBackward writes dx, the gradient with respect to x of
 	// out = LayerNorm(x, weight, bias, eps) given dy = ∂L/∂out, recomputing
@@ -74,8 +76,8 @@ type DenseGrad interface {
 	// finaliser (add 0x9e3779b97f4a7c15, then xor-shift-multiply by
 	// 0xbf58476d1ce4e5b9 and 0x94d049bb133111eb with shifts 30, 27, 31).
 	// The mask is a pure function of (seed, i, j): the same call on a
-	// gradient is the backward. package distill draws its host masks the
-	// same way (dropout.go).
+	// gradient is the backward; out may be x (in place). package distill
+	// draws its host masks the same way (dropout.go).
 	Dropout(out, x Tensor, seed uint64, prob float64) error
 }
 
