@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/matsurgery/matsurgery/kernels"
+	"github.com/matsurgery/matsurgery/kernels/conformance"
 )
 
 // Benchmarks of the dense training operations at the distillation's
@@ -70,8 +71,46 @@ func BenchmarkSoftmaxAttentionBackward(b *testing.B) {
 					b.ReportMetric(10*float64(h*p)*attnScores(l, true)/(ms*1e-3)/1e12, "TFLOP/s")
 				})
 			}
+			if dt == kernels.BF16 {
+				// The bf16 products against the f32 ones on the same
+				// (bf16-valued) inputs: the cost of rounding dout, P and dS.
+				attnBlockRows = 0
+				rel := attnBF16Deviation(b, be, dq, dk, dv, dout, q, k, v, out, float32(1/math.Sqrt(float64(p))))
+				b.Logf("l=%d: bf16 products vs f32 products on the same inputs: relative difference dq %.3g, dk %.3g, dv %.3g", l, rel[0], rel[1], rel[2])
+			}
 		}
 	}
+}
+
+// attnBF16Deviation runs the backward on bf16 q, k, v and on their f32
+// copies and returns the relative differences of dq, dk and dv.
+func attnBF16Deviation(b *testing.B, be *Backend, dq, dk, dv, dout, q, k, v, out kernels.Tensor, scale float32) [3]float64 {
+	widen := func(t kernels.Tensor) kernels.Tensor {
+		w, err := be.Alloc(kernels.F32, t.Shape()...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { be.Free(w) })
+		if err := be.Convert(w, t); err != nil {
+			b.Fatal(err)
+		}
+		return w
+	}
+	if err := be.SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out, scale, true); err != nil {
+		b.Fatal(err)
+	}
+	var bf [3][]float64
+	for i, g := range []kernels.Tensor{dq, dk, dv} {
+		bf[i] = download(b, be, g)
+	}
+	if err := be.SoftmaxAttentionBackward(dq, dk, dv, dout, widen(q), widen(k), widen(v), out, scale, true); err != nil {
+		b.Fatal(err)
+	}
+	var rel [3]float64
+	for i, g := range []kernels.Tensor{dq, dk, dv} {
+		rel[i] = conformance.RelErr(bf[i], download(b, be, g))
+	}
+	return rel
 }
 
 // BenchmarkSoftmaxAttentionForwardPaths: the flash kernel of attention.cu
@@ -112,6 +151,13 @@ func BenchmarkSoftmaxAttentionForwardPaths(b *testing.B) {
 					})
 				})
 				b.ReportMetric(4*float64(h*p)*attnScores(l, true)/(ms*1e-3)/1e12, "TFLOP/s")
+				if path == "gemm" {
+					got := download(b, be, out)
+					if err := be.SoftmaxAttention(out, q, k, v, scale, true); err != nil {
+						b.Fatal(err)
+					}
+					b.ReportMetric(conformance.RelErr(got, download(b, be, out)), "relerr-vs-flash")
+				}
 			})
 		}
 	}
