@@ -2,7 +2,8 @@
 # On a GPU machine, with bin/matsurgery and the test binaries built elsewhere
 # (CGO_ENABLED=0 go build -o bin/matsurgery ./cmd/matsurgery; go test -c -o bin/X.test ./X):
 # GPU tests, then the full-size synthetic phi teacher, its 25% hybrid, verify on
-# GPU and CPU side by side, and bench of teacher and hybrid against transformers.
+# GPU and CPU side by side, and the benchmark of bench/gpu_bench.sh (teacher and
+# its 12.5/25/50% hybrids against each other and against transformers).
 # Usage: bench/gpu.sh OUTDIR
 set -uo pipefail
 out=${1:-/tmp/gpu-out}; mkdir -p "$out"
@@ -21,7 +22,4 @@ log convert; t $m convert --ratio 0.25 $w/teacher $w/h25 --force --quiet
 log verify cuda; t $m verify --device cuda --teacher $w/teacher $w/h25 > $out/verify_cuda.txt; tail -n 5 $out/verify_cuda.txt
 log "verify cuda again (kernels now in the NVRTC disk cache)"; t $m verify --device cuda --teacher $w/teacher $w/h25 > $out/verify_cuda2.txt; tail -n 3 $out/verify_cuda2.txt
 log verify cpu; t $m verify --device cpu --teacher $w/teacher $w/h25 > $out/verify_cpu.txt; tail -n 5 $out/verify_cpu.txt
-for d in teacher h25; do
-  log bench $d; t $m bench --device cuda --contexts ${CONTEXTS:-1024,4096,16384} --decode 32 $w/$d | tee $out/bench_$d.txt
-done
-log transformers; PYTHONUNBUFFERED=1 t python3 testdata/gen/bench_hf_generate.py $w/teacher --contexts ${CONTEXTS:-1024,4096,16384} --decode 32 | tee $out/bench_hf.txt
+log "bench (bench/gpu_bench.sh: teacher, 12.5/25/50% hybrids, transformers generate)"; WORK=$w t bench/gpu_bench.sh "$out"

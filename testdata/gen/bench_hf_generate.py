@@ -2,9 +2,17 @@
 prefill of N random tokens and greedy decode of D tokens with generate(), the
 same shapes matsurgery's `bench` measures. Reads a TinyLLaVA checkpoint
 directory (phi family): the language_model.* tensors and text_config.
-Prints one JSON line per context. Run on the GPU machine:
 
-  PYTHONUNBUFFERED=1 python3 testdata/gen/bench_hf_generate.py DIR --contexts 1024,4096 --decode 32
+Prefill is one forward pass over the prompt that keeps only the last
+position's logits (logits_to_keep=1, as generate() and matsurgery do);
+decode tokens/s is D / (generate time − prefill time). Each figure is the
+median of --repeats runs; the peak is torch.cuda.max_memory_allocated()
+over that context's runs (weights included).
+
+Prints one JSON line per context, which `matsurgery bench --external FILE`
+reads. Run on the GPU machine:
+
+  PYTHONUNBUFFERED=1 python3 testdata/gen/bench_hf_generate.py DIR --contexts 1024,4096,16384,32768 --decode 32
 """
 import argparse
 import glob
@@ -12,14 +20,24 @@ import json
 import os
 
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import PhiConfig, PhiForCausalLM
+
+
+def prefill(model, ids):
+    """One forward pass over the prompt keeping only the last logits, as
+    generate() does (all positions' logits where logits_to_keep is unknown)."""
+    try:
+        return model(ids, use_cache=True, logits_to_keep=1)
+    except TypeError:
+        return model(ids, use_cache=True)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("--contexts", default="1024,4096")
+    ap.add_argument("--contexts", default="1024,4096,16384,32768")
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
@@ -53,7 +71,7 @@ def main():
             for _ in range(a.repeats):
                 s, e = ev(), ev()
                 s.record()
-                model(ids, use_cache=True)
+                prefill(model, ids)
                 e.record()
                 torch.cuda.synchronize()
                 pre.append(s.elapsed_time(e) / 1000)
@@ -66,9 +84,9 @@ def main():
                 tot.append(s.elapsed_time(e) / 1000)
         p = sorted(pre)[len(pre) // 2]
         t = sorted(tot)[len(tot) // 2]
-        print(json.dumps({"engine": "transformers " + __import__("transformers").__version__, "context": n,
-                          "prefill_tokens_per_s": n / p, "decode_tokens_per_s": a.decode / max(t - p, 1e-9),
-                          "prefill_seconds": p, "generate_seconds": t,
+        print(json.dumps({"engine": f"transformers {transformers.__version__} generate (sdpa, bf16)", "model": a.dir,
+                          "context": n, "prefill_tokens_per_s": n / p, "decode_tokens_per_s": a.decode / max(t - p, 1e-9),
+                          "prefill_seconds": p, "generate_seconds": t, "decode_tokens": a.decode, "repeats": a.repeats,
                           "peak_device_bytes": torch.cuda.max_memory_allocated()}))
 
 
