@@ -142,13 +142,13 @@ type devLayer struct {
 // refreshed after each update; dA accumulates the scan's gradient with
 // respect to A over an update (the A_log gradient is dA·A).
 type devMixer struct {
-	cfg              kernels.Mamba2Config
-	inProj, outProj  devLinear
-	convW, convB     *DeviceParam
-	convW2, convG2   kernels.Tensor // [ConvDim, k] views of convW's master and gradient
-	dtBias, aLog, d  *DeviceParam
-	normW            *DeviceParam
-	a, dA            kernels.Tensor // [NHeads]
+	cfg             kernels.Mamba2Config
+	inProj, outProj devLinear
+	convW, convB    *DeviceParam
+	convW2, convG2  kernels.Tensor // [ConvDim, k] views of convW's master and gradient
+	dtBias, aLog, d *DeviceParam
+	normW           *DeviceParam
+	a, dA           kernels.Tensor // [NHeads]
 }
 
 // devConnector is mlp2x_gelu on the device.

@@ -132,16 +132,16 @@ type devPlan struct {
 
 	// Backward scratch.
 	d0, d1, dh, dhA, dhB, dtmp, dmix, dmlp, dmid kernels.Tensor // [1,n,d]
-	dact, dup, sg, tt, dgate, dlin              kernels.Tensor // [1,n,inter] (dup [1,n,2·inter] gated)
-	datt, datt4, dq4, dqf, dk4, dkf, dv4, dvf   kernels.Tensor // attention gradients and views
-	dqkv                                        kernels.Tensor // [1,n,dq+2dkv]
-	dyn, dz                                     kernels.Tensor // [1,n,DInner]
-	dy4, dyFlat, dx4, dxFlat                    kernels.Tensor // [1,n,H,P] and [1,n,DInner] views
-	ddt, dRaw                                   kernels.Tensor // [1,n,H]
-	dB4, dBFlat, dC4, dCFlat                    kernels.Tensor // [1,n,G,N] and [1,n,G·N] views
-	dxs, dbs                                    kernels.Tensor // [1,n,DXB] (views of dxFlat, dBFlat when nothing repeats)
-	dxBCc, dxBC                                 kernels.Tensor // [1,n,ConvDim]
-	dproj                                       kernels.Tensor // [1,n,DProj]
+	dact, dup, sg, tt, dgate, dlin               kernels.Tensor // [1,n,inter] (dup [1,n,2·inter] gated)
+	datt, datt4, dq4, dqf, dk4, dkf, dv4, dvf    kernels.Tensor // attention gradients and views
+	dqkv                                         kernels.Tensor // [1,n,dq+2dkv]
+	dyn, dz                                      kernels.Tensor // [1,n,DInner]
+	dy4, dyFlat, dx4, dxFlat                     kernels.Tensor // [1,n,H,P] and [1,n,DInner] views
+	ddt, dRaw                                    kernels.Tensor // [1,n,H]
+	dB4, dBFlat, dC4, dCFlat                     kernels.Tensor // [1,n,G,N] and [1,n,G·N] views
+	dxs, dbs                                     kernels.Tensor // [1,n,DXB] (views of dxFlat, dBFlat when nothing repeats)
+	dxBCc, dxBC                                  kernels.Tensor // [1,n,ConvDim]
+	dproj                                        kernels.Tensor // [1,n,DProj]
 
 	low map[lowKey]kernels.Tensor // bf16 scratch, allocated on first use
 }
