@@ -9,13 +9,13 @@
 #     other on the same engine with the same options, in one table with the
 #     ratios to the teacher, transformers' figures merged in, and the time of
 #     one softmax attention layer alone at each context.
-# Usage: bench/gpu_bench.sh OUTDIR
+# Usage: bench/gpu_bench.sh OUTDIR   (MATSURGERY: the binary, default bin/matsurgery)
 # Environment: CONTEXTS (1024,4096,16384,32768), DECODE (32), PRECISION (bf16),
 # WORK (/tmp/ms: checkpoints, reused when present), HF_TIMEOUT and
 # BENCH_TIMEOUT (seconds, 600 each), SMOKE=0 to skip the quick check.
 set -uo pipefail
 out=${1:-/tmp/gpu-bench}; mkdir -p "$out"
-m=$PWD/bin/matsurgery
+m=${MATSURGERY:-$PWD/bin/matsurgery}
 w=${WORK:-/tmp/ms}; mkdir -p "$w"
 ctx=${CONTEXTS:-1024,4096,16384,32768}
 dec=${DECODE:-32}
