@@ -156,7 +156,9 @@ type LossGrad interface {
 	// teacher (equal shapes), summed in float64; dstudent +=
 	// weight·∂distance/∂student.
 	LayerDistance(dstudent, student, teacher Tensor, form Distance, weight float32) (float64, error)
-	// SumSquares is Σ a² in float64 (a global gradient norm's pieces).
+	// SumSquares is Σ a² in float64 (a global gradient norm's pieces);
+	// a NaN or ±Inf element gives the value with an error, as
+	// optim.GlobalNorm reports a non-finite gradient.
 	SumSquares(a Tensor) (float64, error)
 	// AdamW updates param (F32 master values) from grad with the moments m
 	// and v (F32, same shape, updated in place), decaying the weights when
