@@ -194,58 +194,77 @@ func TestDenseGradAliasing(t *testing.T) {
 	}
 }
 
+// BenchmarkMatMulAT: a Phi-2 dense (out_proj) weight gradient over 1024
+// tokens, dW [2560, 2560] += dYᵀ·X (13.4 GFLOP), with X F32 or BF16.
 func BenchmarkMatMulAT(b *testing.B) {
-	// A Phi-2 dense (out_proj) weight gradient over 1024 tokens:
-	// dW [2560, 2560] = dYᵀ·X, 13.4 GFLOP.
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
-		b.Run(dt.String(), func(b *testing.B) {
+		b.Run("x="+dt.String(), func(b *testing.B) {
 			be := New(0)
 			rng := rand.New(rand.NewPCG(1, 2))
 			const k, m, n = 1024, 2560, 2560
 			dy := denseUp(b, be, rng, -1, 1, kernels.F32, k, m)
 			x := denseUp(b, be, rng, -1, 1, dt, k, n)
 			dw := denseUp(b, be, rng, -1, 1, kernels.F32, m, n)
-			b.ResetTimer()
+			clk := startCPU(b)
 			for b.Loop() {
 				if err := be.MatMulAT(dw, dy, x, true); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(2*k*m*n*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			flops := 2 * k * m * n * float64(b.N)
+			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			if used := processCPUTime() - clk.start; used > 0 {
+				b.ReportMetric(flops/used.Seconds()/1e9, "GFLOP/cpu-s")
+			}
 		})
 	}
 }
 
+// BenchmarkSoftmaxAttentionBackward: one Phi-2 layer's causal attention
+// over 512 tokens (32 heads of 80), the backward and, for scale, the
+// forward it differentiates.
 func BenchmarkSoftmaxAttentionBackward(b *testing.B) {
-	// One Phi-2 layer's attention over 512 tokens: 32 heads of 80, causal.
+	const l, H, p = 512, 32, 80
+	scale := float32(1 / math.Sqrt(p))
 	be := New(0)
 	rng := rand.New(rand.NewPCG(3, 4))
-	const l, H, p = 512, 32, 80
-	q, k, v := denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p), denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p), denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p)
-	do := denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p)
-	out := denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p)
-	if err := be.SoftmaxAttention(out, q, k, v, float32(1/math.Sqrt(p)), true); err != nil {
+	up := func() kernels.Tensor { return denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p) }
+	q, k, v, do, out := up(), up(), up(), up(), up()
+	dq, dk, dv := up(), up(), up()
+	if err := be.SoftmaxAttention(out, q, k, v, scale, true); err != nil {
 		b.Fatal(err)
 	}
-	dq, dk, dv := denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p), denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p), denseUp(b, be, rng, -1, 1, kernels.F32, 1, l, H, p)
-	b.ResetTimer()
-	for b.Loop() {
-		if err := be.SoftmaxAttentionBackward(dq, dk, dv, do, q, k, v, out, float32(1/math.Sqrt(p)), true); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"forward", func() error { return be.SoftmaxAttention(out, q, k, v, scale, true) }},
+		{"backward", func() error { return be.SoftmaxAttentionBackward(dq, dk, dv, do, q, k, v, out, scale, true) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			clk := startCPU(b)
+			for b.Loop() {
+				if err := c.call(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportTokens(b, l, clk)
+		})
 	}
 }
 
+// BenchmarkDropout: one Phi-2 residual branch over 512 tokens, p = 0.1
+// (distill's host mask of the same size: BenchmarkDropMask).
 func BenchmarkDropout(b *testing.B) {
-	// One Phi-2 residual branch over 512 tokens, p = 0.1.
 	be := New(0)
 	rng := rand.New(rand.NewPCG(5, 6))
 	x := denseUp(b, be, rng, -1, 1, kernels.F32, 512, 2560)
 	out := denseUp(b, be, rng, -1, 1, kernels.F32, 512, 2560)
-	b.ResetTimer()
+	clk := startCPU(b)
 	for b.Loop() {
 		if err := be.Dropout(out, x, 42, 0.1); err != nil {
 			b.Fatal(err)
 		}
 	}
+	reportTokens(b, 512, clk)
 }
