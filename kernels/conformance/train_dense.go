@@ -39,9 +39,9 @@ func RunDenseGrad(t *testing.T, newBackend func() kernels.Backend, tol Tolerance
 		{"SumRows", s.denseSumRows},
 		{"ActivationBackward", s.denseActivationBackward},
 		{"LayerNormBackward", s.denseLayerNormBackward},
-		{"RMSNormBackward", s.denseRmsNormBackward},
+		{"RMSNormBackward", s.denseRMSNormBackward},
 		{"SoftmaxAttentionBackward", s.denseSoftmaxAttentionBackward},
-		{"RoPEInverse", s.denseRopeInverse},
+		{"RoPEInverse", s.denseRoPEInverse},
 		{"SumHeads", s.denseSumHeads},
 		{"SetCols", s.denseSetCols},
 		{"Fill", s.denseFill},
@@ -166,7 +166,7 @@ func (s *suite) denseLayerNormBackward(e *env, dg kernels.DenseGrad) {
 	}
 }
 
-func (s *suite) denseRmsNormBackward(e *env, dg kernels.DenseGrad) {
+func (s *suite) denseRMSNormBackward(e *env, dg kernels.DenseGrad) {
 	for _, shape := range [][]int{{4, 33}, {2, 3, 896}, {1, 1}, {2, 2560}} {
 		n := shape[len(shape)-1]
 		x := e.rand(-3, 3, shape...)
@@ -223,9 +223,9 @@ func (s *suite) denseSoftmaxAttentionBackward(e *env, dg kernels.DenseGrad) {
 	}
 }
 
-// denseRopeInverse: against the reference, and RoPEInverse after the backend's
+// denseRoPEInverse: against the reference, and RoPEInverse after the backend's
 // own RoPE gives the input back.
-func (s *suite) denseRopeInverse(e *env, dg kernels.DenseGrad) {
+func (s *suite) denseRoPEInverse(e *env, dg kernels.DenseGrad) {
 	cases := []struct {
 		b, l, h, p, rot int
 		theta           float64
