@@ -175,7 +175,7 @@ func WriteTable(w io.Writer, results []Result) error {
 			if !ok {
 				continue
 			}
-			line := fmt.Sprintf("%d\t%s\t%s\t%s", n, num(x.PrefillTokPerS), num(x.DecodeTokPerS), peak(x))
+			line := fmt.Sprintf("%d\t%s\t%s\t%s", n, num(x.PrefillTokPerS), num(x.DecodeTokPerS), x.PeakMemory())
 			if cmp {
 				if hasBase {
 					line += fmt.Sprintf("\t%.2f\t%.2f\t%s", x.PrefillTokPerS/base.PrefillTokPerS, x.DecodeTokPerS/base.DecodeTokPerS,
@@ -210,7 +210,9 @@ func num(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
-func peak(x Row) string {
+// PeakMemory prints the row's peak device memory, else the process's peak
+// RSS marked "host", else "-".
+func (x Row) PeakMemory() string {
 	if x.PeakDeviceBytes > 0 {
 		return HumanBytes(x.PeakDeviceBytes)
 	}

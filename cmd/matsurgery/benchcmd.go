@@ -158,7 +158,7 @@ func (c *BenchCmd) measure(g *Globals, dir, label string, prec model.Precision, 
 	if !g.Quiet && !g.JSON {
 		o.Progress = func(r bench.Row) { // on stderr, so that a long run shows its figures as they come
 			fmt.Fprintf(g.stderr, "%s: %d tokens: prefill %.1f tok/s, decode %.2f tok/s, peak %s\n", label, r.Context,
-				r.PrefillTokPerS, r.DecodeTokPerS, bench.HumanBytes(max(r.PeakDeviceBytes, r.PeakHostBytes)))
+				r.PrefillTokPerS, r.DecodeTokPerS, r.PeakMemory())
 		}
 	}
 	res.Rows, err = bench.Run(m, o)
