@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/matsurgery/matsurgery/dataset"
@@ -84,6 +85,23 @@ type TrainOptions struct {
 	OnBadRecord dataset.Policy
 	// Workers bounds the goroutines of each operation (0: GOMAXPROCS).
 	Workers int
+
+	// Device runs the whole step on a device through a DeviceStudent
+	// (device.go): "cuda" or "cuda:N" opens the GPU (package backends) and
+	// the teacher runs there too. "" and "cpu" train the host Student.
+	Device string
+	// Backend, when set, is the backend a DeviceStudent runs on instead of
+	// Device's (the caller's, left open): the CPU backend runs the device
+	// code path on any machine.
+	Backend kernels.Backend
+	// Precision of a device student's matrix products (and the teacher's):
+	// PrecisionF32 (the default) or PrecisionBF16. The host Student
+	// computes in float32 only.
+	Precision string
+	// Recompute runs a device student with activation recomputation
+	// (DeviceOptions.Recompute).
+	Recompute bool
+
 	// NoExport leaves out the final hybrid checkpoint (final/).
 	NoExport bool
 	// Version is written into the export's matsurgery.json.
@@ -120,6 +138,10 @@ type TrainResult struct {
 	Metrics     string     `json:"metrics"`
 	Plot        string     `json:"plot,omitempty"`
 	Trainable   int64      `json:"trainable_parameters"`
+	// Device is the backend a device student ran on ("" for the host
+	// Student); PeakDeviceMemory its peak memory in bytes (0: unknown).
+	Device           string `json:"device,omitempty"`
+	PeakDeviceMemory int64  `json:"peak_device_memory,omitempty"`
 }
 
 // Recipe returns the reference recipe's options (SPEC §1): AdamW at 2e-4
@@ -138,7 +160,9 @@ func Recipe() TrainOptions {
 type trainer struct {
 	opts    TrainOptions
 	student *Student
-	full    *fullModel // TrainAll
+	dev     *DeviceStudent  // a device run (TrainOptions.Device or Backend)
+	ownBE   kernels.Backend // the backend a device run opened (closed with it)
+	full    *fullModel      // TrainAll
 	params  []*Param
 	oparams []optim.Param
 	teacher *model.Model
@@ -156,9 +180,10 @@ type trainer struct {
 // samples: the last completed update is checkpointed and the result says
 // Interrupted (the error is nil).
 //
-// Not done: the bf16 autocast of the reference (here everything computes
-// in float32 with float64 sums, on float32 master weights), and dropout
-// when TrainAll.
+// On the host (the default) everything computes in float32 with float64
+// sums, on float32 master weights; the reference's bf16 autocast is a
+// device student's Precision. Not done: dropout when TrainAll, and
+// TrainAll on a device.
 func Train(ctx context.Context, opts TrainOptions) (*TrainResult, error) {
 	t, err := newTrainer(opts)
 	if err != nil {
@@ -234,6 +259,17 @@ func (o *TrainOptions) fill() error {
 		return fmt.Errorf("distill: dropout %g must be below 1", o.Dropout)
 	case o.TrainAll && o.Dropout > 0:
 		return fmt.Errorf("distill: dropout %g: training every parameter has no dropout", o.Dropout)
+	case o.Precision != "" && o.Precision != PrecisionF32 && o.Precision != PrecisionBF16:
+		return fmt.Errorf("distill: precision %q: want %s or %s", o.Precision, PrecisionF32, PrecisionBF16)
+	case o.Backend != nil && o.Device != "":
+		return fmt.Errorf("distill: both a backend (%s) and device %q given", o.Backend.Name(), o.Device)
+	case !o.onDevice() && (o.Precision == PrecisionBF16 || o.Recompute):
+		return errors.New("distill: bf16 precision and recomputation need a device student (a GPU: --device cuda)")
+	case o.onDevice() && o.TrainAll:
+		return errors.New("distill: training every parameter runs on the host only (no device)")
+	}
+	if o.Precision == "" {
+		o.Precision = PrecisionF32
 	}
 	if o.needsTeacher() && o.Teacher == "" {
 		return errors.New("distill: the KL and layer terms need a teacher checkpoint")
@@ -242,6 +278,12 @@ func (o *TrainOptions) fill() error {
 }
 
 func (o *TrainOptions) needsTeacher() bool { return o.Loss.Alpha != 0 || o.Loss.Beta != 0 }
+
+// onDevice reports a run on a DeviceStudent.
+func (o *TrainOptions) onDevice() bool {
+	d := strings.ToLower(strings.TrimSpace(o.Device))
+	return o.Backend != nil || (d != "" && d != "cpu")
+}
 
 func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	if err := opts.fill(); err != nil {
@@ -296,7 +338,11 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	if t.sched, err = sc.New(); err != nil {
 		return nil, fmt.Errorf("distill: schedule: %w", err)
 	}
-	if opts.TrainAll {
+	if opts.onDevice() {
+		if err := t.loadDevice(); err != nil {
+			return nil, err
+		}
+	} else if opts.TrainAll {
 		if t.full, err = loadFull(opts.Student, Options{Workers: opts.Workers}); err != nil {
 			return nil, err
 		}
@@ -304,11 +350,15 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	} else if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector, Dropout: opts.Dropout}); err != nil {
 		return nil, err
 	}
-	t.params = t.student.Params()
+	if t.dev != nil {
+		t.params = t.dev.HostParams()
+	} else {
+		t.params = t.student.Params()
+	}
 	for _, p := range t.params {
 		t.oparams = append(t.oparams, optim.Param{Name: p.Name, Data: p.Data, Grad: p.Grad, Decay: p.Decay})
 	}
-	if opts.needsTeacher() {
+	if opts.needsTeacher() && t.dev == nil {
 		t.tbe = cpu.New(opts.Workers)
 		if t.teacher, err = model.Load(opts.Teacher, t.tbe, model.Options{}); err != nil {
 			return nil, fmt.Errorf("distill: teacher: %w", err)
@@ -349,9 +399,17 @@ func (t *trainer) close() {
 		t.log.Close()
 		t.log = nil
 	}
+	if t.dev != nil {
+		t.dev.Close()
+		t.dev = nil
+	}
 	if t.teacher != nil {
 		t.teacher.Close()
 		t.teacher = nil
+	}
+	if t.ownBE != nil {
+		t.ownBE.Close()
+		t.ownBE = nil
 	}
 	if t.data != nil {
 		t.data.Close()
@@ -375,6 +433,11 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 		if st != nil {
 			start, elapsed0 = st.Step, time.Duration(st.ElapsedNS)
 			res.Checkpoint = path
+			if t.dev != nil {
+				if err := t.dev.LoadHost(t.opt); err != nil {
+					return nil, fmt.Errorf("distill: resume from %s: %w", path, err)
+				}
+			}
 		}
 		if t.log, err = trainlog.Resume(t.dir.metrics(), start); err != nil {
 			if !errors.Is(err, os.ErrNotExist) || start != 0 {
@@ -423,7 +486,7 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 			}
 		}
 		if o.SaveEvery > 0 && (step+1)%o.SaveEvery == 0 && step+1 < t.steps {
-			path, err := t.dir.save(t.state(step+1, elapsed0+time.Since(began)), t.params, t.opt, o.Keep)
+			path, err := t.save(step+1, elapsed0+time.Since(began))
 			if err != nil {
 				return res, err
 			}
@@ -434,8 +497,14 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 	if res.Seconds > 0 {
 		res.TokensPerS = float64(tokens) / res.Seconds
 	}
+	if t.dev != nil {
+		res.Device = t.dev.Backend().Name()
+		if _, peak, ok := t.dev.DeviceMemory(); ok {
+			res.PeakDeviceMemory = peak
+		}
+	}
 	if res.Steps != saved || res.Checkpoint == "" {
-		path, err := t.dir.save(t.state(res.Steps, elapsed0+time.Since(began)), t.params, t.opt, o.Keep)
+		path, err := t.save(res.Steps, elapsed0+time.Since(began))
 		if err != nil {
 			return res, err
 		}
@@ -456,8 +525,19 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 	}
 	if !o.NoExport {
 		res.Export = filepath.Join(o.Out, "final")
-		if err := Export(t.student, res.Export, ExportInfo{Version: o.Version, Teacher: o.Teacher, Data: o.Data,
-			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, TrainAll: o.TrainAll, Final: res.Final}); err != nil {
+		info := ExportInfo{Version: o.Version, Teacher: o.Teacher, Data: o.Data,
+			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, TrainAll: o.TrainAll, Final: res.Final}
+		var err error
+		if t.dev != nil {
+			if err = t.dev.SyncHost(nil); err == nil {
+				if err = export(t.dev.Dir, t.params, res.Export, info); err != nil {
+					err = fmt.Errorf("distill: export %s: %w", res.Export, err)
+				}
+			}
+		} else {
+			err = Export(t.student, res.Export, info)
+		}
+		if err != nil {
 			return res, err
 		}
 	}
@@ -472,9 +552,14 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("distill: %w", err)
 	}
-	if t.full != nil {
+	switch {
+	case t.dev != nil:
+		if err := t.dev.ZeroGrad(); err != nil {
+			return nil, 0, 0, err
+		}
+	case t.full != nil:
 		t.full.zeroGrad()
-	} else {
+	default:
 		t.student.ZeroGrad()
 	}
 	began := time.Now()
@@ -510,25 +595,9 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 	if used == 0 {
 		return nil, skipped, 0, nil
 	}
-	// The step's loss is the mean over its samples: scale the summed
-	// gradients alike.
-	inv := float32(1 / float64(used))
-	for _, p := range t.params {
-		for i := range p.Grad {
-			p.Grad[i] *= inv
-		}
-	}
-	var norm float64
-	if o.MaxGradNorm > 0 {
-		norm, err = optim.ClipGlobalNorm(t.oparams, o.MaxGradNorm)
-	} else {
-		norm, err = optim.GlobalNorm(t.oparams)
-	}
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
-	}
 	lr := t.sched.LR(step)
-	if err := t.opt.Step(t.oparams, lr); err != nil {
+	norm, err := t.optimise(used, lr)
+	if err != nil {
 		return nil, 0, 0, fmt.Errorf("distill: step %d: %w", step+1, err)
 	}
 	k := float64(used)
@@ -544,6 +613,44 @@ func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, 
 		rec.TokensPerSec = float64(tokens) / secs
 	}
 	return rec, skipped, tokens, nil
+}
+
+// optimise ends an update of used samples: the step's loss is the mean
+// over its samples, so the summed gradients are scaled alike; then the
+// global norm, clipping and AdamW. It returns the norm before clipping.
+func (t *trainer) optimise(used int, lr float64) (float64, error) {
+	o := &t.opts
+	if t.dev != nil {
+		return t.dev.Update(used, lr, o.MaxGradNorm, t.opt)
+	}
+	inv := float32(1 / float64(used))
+	for _, p := range t.params {
+		for i := range p.Grad {
+			p.Grad[i] *= inv
+		}
+	}
+	var norm float64
+	var err error
+	if o.MaxGradNorm > 0 {
+		norm, err = optim.ClipGlobalNorm(t.oparams, o.MaxGradNorm)
+	} else {
+		norm, err = optim.GlobalNorm(t.oparams)
+	}
+	if err != nil {
+		return norm, err
+	}
+	return norm, t.opt.Step(t.oparams, lr)
+}
+
+// save writes the checkpoint after step updates (a device student's masters
+// and moments downloaded first).
+func (t *trainer) save(step int, elapsed time.Duration) (string, error) {
+	if t.dev != nil {
+		if err := t.dev.SyncHost(t.opt); err != nil {
+			return "", err
+		}
+	}
+	return t.dir.save(t.state(step, elapsed), t.params, t.opt, t.opts.Keep)
 }
 
 // state is the checkpoint state after step updates.
@@ -562,6 +669,14 @@ func (t *trainer) epochFraction(step int) float64 {
 // length.
 func (t *trainer) sample(smp dataset.Sample, key DropoutKey) (Losses, int, error) {
 	o := &t.opts
+	if t.dev != nil {
+		labels := spliceLabels(smp.IDs, smp.Labels, t.dev.Config.ImageTokenIndex, t.dev.ImageTokens())
+		in := DeviceSample{IDs: smp.IDs, Pixels: smp.Pixels, Labels: labels, Dropout: &key}
+		if o.MaskAnswers {
+			in.Mask = AnswerMask(labels)
+		}
+		return t.dev.Accumulate(in, o.Loss)
+	}
 	s := t.student
 	labels := spliceLabels(smp.IDs, smp.Labels, s.Config.ImageTokenIndex, s.ImageTokens())
 	if t.full != nil {

@@ -60,6 +60,9 @@ type runIdentity struct {
 	MaskAnswers     bool    `json:"mask_answers"`
 	MaxLength       int     `json:"max_length,omitempty"`
 	Dropout         float64 `json:"dropout,omitempty"`
+	// Precision is a device student's bf16 ("" for float32: a run may
+	// move between the host and a device in float32).
+	Precision string `json:"precision,omitempty"`
 }
 
 func identityOf(o TrainOptions) runIdentity {
@@ -72,10 +75,14 @@ func identityOf(o TrainOptions) runIdentity {
 		}
 		return p
 	}
-	return runIdentity{Student: abs(o.Student), Teacher: abs(o.Teacher), Data: abs(o.Data), Seed: o.Seed,
+	id := runIdentity{Student: abs(o.Student), Teacher: abs(o.Teacher), Data: abs(o.Data), Seed: o.Seed,
 		Batch: o.Batch, Accum: o.Accum, Steps: o.Steps, Epochs: o.Epochs, LR: o.LR, Schedule: o.Schedule.Kind,
 		FreezeConnector: o.FreezeConnector, TrainAll: o.TrainAll, Alpha: o.Loss.Alpha, Beta: o.Loss.Beta, Gamma: o.Loss.Gamma,
 		Temperature: o.Loss.Temperature, MaskAnswers: o.MaskAnswers, MaxLength: o.MaxLength, Dropout: o.Dropout}
+	if o.Precision == PrecisionBF16 {
+		id.Precision = o.Precision
+	}
+	return id
 }
 
 // prepare makes the run directory of a new run, or checks that a resumed

@@ -62,20 +62,23 @@ func (c LossConfig) MarshalJSON() ([]byte, error) {
 // "distill" record added. out is written atomically (package outdir) and
 // replaced when it exists.
 func Export(s *Student, out string, info ExportInfo) error {
-	if err := export(s, out, info); err != nil {
+	if err := export(s.Dir, s.params, out, info); err != nil {
 		return fmt.Errorf("distill: export %s: %w", out, err)
 	}
 	return nil
 }
 
-func export(s *Student, out string, info ExportInfo) error {
-	ck, err := formats.Open(s.Dir)
+// export writes the checkpoint in dir with params' values in place of its
+// tensors of the same names (the host Student's, or a device student's
+// host mirrors).
+func export(dir string, params []*Param, out string, info ExportInfo) error {
+	ck, err := formats.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer ck.Close()
-	trained := make(map[string]*Param, len(s.params))
-	for _, p := range s.params {
+	trained := make(map[string]*Param, len(params))
+	for _, p := range params {
 		trained[p.Name] = p
 	}
 	// Tensors in their files' order, file by file, so the shards come out
@@ -101,22 +104,22 @@ func export(s *Student, out string, info ExportInfo) error {
 	for name, p := range trained {
 		t, ok := ck.Tensor(name)
 		if !ok {
-			return fmt.Errorf("trained tensor %s is not in %s", name, s.Dir)
+			return fmt.Errorf("trained tensor %s is not in %s", name, dir)
 		}
 		if t.NumElements() != int64(p.Len()) {
-			return fmt.Errorf("trained tensor %s: %d values, %s holds %d", name, p.Len(), s.Dir, t.NumElements())
+			return fmt.Errorf("trained tensor %s: %d values, %s holds %d", name, p.Len(), dir, t.NumElements())
 		}
 	}
-	dir, err := outdir.Create(out)
+	tmp, err := outdir.Create(out)
 	if err != nil {
 		return err
 	}
-	defer dir.Remove()
+	defer tmp.Remove()
 	opts := formats.WriterOptions{Metadata: ck.Metadata}
 	if len(ck.Files) > 1 {
 		opts.ShardLengths = lengths
 	}
-	w, err := formats.NewWriter(dir.Path, specs, opts)
+	w, err := formats.NewWriter(tmp.Path, specs, opts)
 	if err != nil {
 		return err
 	}
@@ -144,13 +147,13 @@ func export(s *Student, out string, info ExportInfo) error {
 	if err := w.Commit(); err != nil {
 		return err
 	}
-	if _, err := outdir.CopySideFiles(s.Dir, dir.Path, provenanceName); err != nil {
+	if _, err := outdir.CopySideFiles(dir, tmp.Path, provenanceName); err != nil {
 		return err
 	}
-	if err := writeProvenance(s.Dir, dir.Path, info); err != nil {
+	if err := writeProvenance(dir, tmp.Path, info); err != nil {
 		return err
 	}
-	return dir.Commit()
+	return tmp.Commit()
 }
 
 // writeProvenance writes the student's matsurgery.json (or a new one) with
