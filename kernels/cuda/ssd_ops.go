@@ -284,7 +284,8 @@ func (be *Backend) attention(what string, f uintptr, s *scan, kvRows, lk, qpos0 
 }
 
 // SoftmaxAttention writes Σ_s softmax_s(scale·q_t·k_s)·v_s (s ≤ t when
-// causal) by an online softmax in float32 (attention.cu).
+// causal) by an online softmax in float32 (attention.cu); long causal
+// sequences by blocked products instead (useAttentionGEMM).
 func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, causal bool) error {
 	o := be.ops("softmaxattention")
 	s := be.attnOperands(o, out, q, k, v)
@@ -292,6 +293,9 @@ func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, 
 		o.fail("head size %d > %d is not supported", s.p, maxAttentionHead)
 	}
 	return o.run(func() error {
+		if useAttentionGEMM(s, causal) {
+			return be.softmaxAttentionGEMM(o.op, s, scale, causal)
+		}
 		f, err := be.kernel("core", "k_softmax_attention")
 		if err != nil {
 			return err

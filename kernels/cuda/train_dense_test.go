@@ -591,6 +591,39 @@ func TestSoftmaxAttentionBackward(t *testing.T) {
 	}
 }
 
+// TestSoftmaxAttentionLong: SoftmaxAttention on a causal sequence long
+// enough for the blocked products (useAttentionGEMM), f32 and bf16
+// inputs, GQA, against the float64 reference. (Full attention of that
+// length stays on the flash kernel, which the conformance suite covers.)
+func TestSoftmaxAttentionLong(t *testing.T) {
+	be := testBackend(t)
+	rng := rand.New(rand.NewPCG(29, 30))
+	l := attnGEMMMinLen + 9
+	if useAttentionGEMM(&scan{l: l}, false) || !useAttentionGEMM(&scan{l: l}, true) || useAttentionGEMM(&scan{l: attnGEMMMinLen - 1}, true) {
+		t.Fatalf("useAttentionGEMM: want the products for causal sequences of %d tokens and more only", attnGEMMMinLen)
+	}
+	for _, bf := range []bool{false, true} {
+		up := func(shape ...int) (*reference.Array, kernels.Tensor) {
+			if bf {
+				return bf16Array(t, be, rng, -1, 1, shape...)
+			}
+			return f32Array(t, be, rng, -1, 1, shape...)
+		}
+		q, qt := up(1, l, 2, 16)
+		k, kt := up(1, l, 1, 16)
+		v, vt := up(1, l, 1, 16)
+		want, err := reference.SoftmaxAttention(q, k, v, 0.25, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := poisoned(t, be, 1, l, 2, 16)
+		if err := be.SoftmaxAttention(out, qt, kt, vt, 0.25, true); err != nil {
+			t.Fatal(err)
+		}
+		checkRel(t, fmt.Sprintf("l=%d bf16=%v causal", l, bf), download(t, be, out), want.Data, 1e-5)
+	}
+}
+
 func TestDenseGradErrors(t *testing.T) {
 	be := testBackend(t)
 	rng := rand.New(rand.NewPCG(27, 28))
