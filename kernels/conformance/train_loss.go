@@ -360,12 +360,13 @@ func (s *suite) lossAdamW(e *env, lg kernels.LossGrad) {
 
 // lossAdamWMoments advances host copies of AdamW's moments by one update
 // with optim's arithmetic (optim keeps its own private): m and v are
-// stored as float32 from float64 sums.
+// stored as float32 from float64 sums, each product rounded (no fused
+// multiply-add).
 func lossAdamWMoments(m, v, grad []float32, o *optim.AdamW) ([]float32, []float32) {
 	for i, g32 := range grad {
 		g := float64(g32)
-		m[i] = float32(o.Beta1*float64(m[i]) + (1-o.Beta1)*g)
-		v[i] = float32(o.Beta2*float64(v[i]) + (1-o.Beta2)*g*g)
+		m[i] = float32(float64(o.Beta1*float64(m[i])) + float64((1-o.Beta1)*g))
+		v[i] = float32(float64(o.Beta2*float64(v[i])) + float64(float64((1-o.Beta2)*g)*g))
 	}
 	return m, v
 }

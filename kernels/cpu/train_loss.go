@@ -12,7 +12,7 @@ import (
 // task, each task's float64 sum is kept apart and the sums are added in
 // row (chunk) order, so values and gradients do not depend on the number
 // of workers. AdamW repeats optim.AdamW's per-element arithmetic
-// expression for expression: the same float32 results.
+// operation for operation: the same float32 results.
 
 var _ kernels.LossGrad = (*Backend)(nil)
 
@@ -355,8 +355,10 @@ func lossCheckAdamW(s kernels.AdamWStep) error {
 // AdamW updates param, m and v in place (and writes shadow, when given)
 // with optim.AdamW's arithmetic: the gradient scaled and rounded to
 // float32, then every element in float64 from the stored float32 values,
-// the bias corrections in float64 — the same expressions as optim's, so
-// the same bits.
+// each operation rounded (explicit conversions forbid the compiler's
+// fused multiply-adds), the bias corrections in float64 — the same bits
+// as optim on builds that do not fuse (amd64 below GOAMD64=v3), and as the
+// CUDA backend on every build.
 func (be *Backend) AdamW(param, grad, m, v, shadow kernels.Tensor, decay bool, s kernels.AdamWStep) error {
 	const op = "adamw"
 	if err := lossCheckAdamW(s); err != nil {
@@ -405,12 +407,14 @@ func (be *Backend) AdamW(param, grad, m, v, shadow kernels.Tensor, decay bool, s
 	data, gr, mm, vv := pt.f32, gt.f32, mt.f32, vt.f32
 	be.parallelFor(len(data), grainElementwise, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
+			// The float64() conversions round each product, as the
+			// CUDA kernel does: no fused multiply-add on any build.
 			g := float64(float32(float64(gr[i]) * scale))
-			mi := float32(b1*float64(mm[i]) + a1*g)
-			vi := float32(b2*float64(vv[i]) + a2*g*g)
+			mi := float32(float64(b1*float64(mm[i])) + float64(a1*g))
+			vi := float32(float64(b2*float64(vv[i])) + float64(float64(a2*g)*g))
 			mm[i], vv[i] = mi, vi
 			denom := math.Sqrt(float64(vi))/bc2Sqrt + eps
-			data[i] = float32(float64(data[i])*keep - stepSize*float64(mi)/denom)
+			data[i] = float32(float64(float64(data[i])*keep) - float64(stepSize*float64(mi))/denom)
 			if sh != nil {
 				sh.bf16[i] = roundBF16(data[i])
 			}
