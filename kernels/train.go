@@ -166,7 +166,9 @@ type LossGrad interface {
 	// shape) it receives the new values rounded to nearest even: the copy
 	// the forward pass computes with. grad is read, not cleared. Each
 	// element is computed in float64 from the stored float32 values, as
-	// optim does, so the results equal optim.AdamW's bit for bit. Settings
+	// optim does, every operation rounded (no fused multiply-add), so the
+	// results equal optim.AdamW's bit for bit (where the Go compiler does
+	// not fuse optim's own: amd64 below GOAMD64=v3). Settings
 	// optim would reject (and Step < 1, GradScale not positive and finite)
 	// are an error.
 	AdamW(param, grad, m, v, shadow Tensor, decay bool, s AdamWStep) error
