@@ -389,24 +389,24 @@ func (be *Backend) widenedF32(t *Tensor) []float32 {
 // be BF16 (widened exactly); the other operands and every gradient are
 // F32. As the forward, it needs A ≤ 0 and dt ≥ 0.
 //
-// Each (batch, head) is one task. It runs the recurrence forward in
-// float64 and keeps the state entering every piece of min(chunk, 16)
-// tokens (ssdGradPiece); then, from the last piece to the first, it
-// recomputes the piece's states from the saved one (the same float64
-// arithmetic, so bit for bit: the result does not depend on chunk) and
-// walks its tokens backwards with G = ∂L/∂S_t (SPEC §3):
-//
-//	G += gy_t ⊗ C_t;  dx̄_t = G·B_t;  dB_t = Gᵀ·x̄_t;  da_t = exp(a_t)·⟨G, S_{t−1}⟩;
-//	dC_t = S_tᵀ·gy_t = exp(a_t)·S_{t−1}ᵀ·gy_t + (x̄_t·gy_t)·B_t;  G ← exp(a_t)·G
-//
-// with x̄ = dt·x and a = dt·A ≤ 0, then dx = dt·dx̄ + D·gy,
-// ddt = A·da + ⟨dx̄, x⟩, dA += Σ dt·da, dD += Σ ⟨gy, x⟩. The decay's
-// gradient comes from the recurrent formula, never from a reverse
-// cumulative sum; the only exponentials are the per-token decays
-// exp(a_t) ≤ 1. Memory per worker is ⌈L/piece⌉ + piece + 1 states of
-// headdim × dstate float64. A group's dB and dC sum its heads in head
-// order (through a float64 buffer of every head's share when a group has
-// several heads); dA and dD sum the batch in order.
+// It is the chunked algorithm's backward, in parallel over batch × heads.
+// Each task runs the chunks forward to keep the (float32) state entering
+// each one, as SSDChunkScan computes it; then, from the last chunk to the
+// first, it recomputes what a chunk needs from that state and carries
+// the gradient of the state backwards from chunk to chunk
+// (ssdGradWork.backward has the formulas). Per chunk that is ten matrix
+// products on the gemm micro-kernel (float32, as the forward's) and O(q²)
+// float64 work for the decay's gradient, which follows from the
+// recurrent formula da_t = exp(a_t)·⟨∂L/∂S_t, S_{t−1}⟩ regrouped into
+// sums of products, never from a difference of cumulative sums. Every
+// exponent is dt·A ≤ 0: the segment decays are running products of the
+// per-token decays. Then dx = dt·dx̄ + D·dy, ddt = A·da + ⟨dx̄, x⟩,
+// dA += Σ dt·da, dD += Σ ⟨dy, x⟩ (float64 sums). A group's dB and dC sum
+// its heads in head order (through a float64 buffer of every head's
+// share when a group has several heads); dA and dD sum the batch in
+// order. The result is the same, bit for bit, for any number of workers.
+// Memory per worker: the chunks' entering states (⌈L/chunk⌉·P·N floats)
+// and O(chunk·(chunk + P + N)) of buffers.
 func (be *Backend) SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dy, x, dt, A, B, C, D kernels.Tensor, chunk int) error {
 	const op = "ssdchunkscan backward"
 	var err error
@@ -478,11 +478,9 @@ func (be *Backend) SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dy, x, dt, A, B
 	}
 	xs, Bs, Cs := be.widenedF32(xt), be.widenedF32(Bt), be.widenedF32(Ct)
 
-	// States are saved every Q tokens: the caller's chunk, in pieces of at
-	// most ssdGradPiece tokens (see ssdGradPiece).
-	Q := min(chunk, ssdGradPiece, L)
-	pieces := (L + Q - 1) / Q
-	rep, PN := H/G, P*N
+	Q := min(chunk, L)
+	chunks := (L + Q - 1) / Q
+	rep := H / G
 	// dB and dC of a group with several heads go through every head's
 	// share, [b, l, h, n] in float64; with one head per group they are
 	// written directly.
@@ -491,24 +489,12 @@ func (be *Backend) SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dy, x, dt, A, B
 		dBh, dCh = make([]float64, nb*L*H*N), make([]float64, nb*L*H*N)
 	}
 	sumA, sumD := make([]float64, nb*H), make([]float64, nb*H)
-	type buffers struct {
-		saved  []float64 // [pieces][P·N]: the state entering each piece
-		states []float64 // [Q][P·N]: S_{t0−1} … S_{t1−2} of one piece [t0, t1)
-		grad   []float64 // [P·N]: G
-		b, c   []float64 // B_t, C_t widened to float64
-		stepB  []float64 // B_t widened, for step
-		db, dc []float64 // one token's dB, and S_{t−1}ᵀ·gy_t
-	}
-	scratch := make([]*buffers, be.workerCount(nb*H))
+	scratch := make([]*ssdGradWork, be.workerCount(nb*H))
 	be.parallelTasks(nb*H, func(wk, task int) {
 		if scratch[wk] == nil {
-			scratch[wk] = &buffers{
-				saved: make([]float64, pieces*PN), states: make([]float64, Q*PN), grad: make([]float64, PN),
-				b: make([]float64, N), c: make([]float64, N), db: make([]float64, N), dc: make([]float64, N),
-				stepB: make([]float64, N),
-			}
+			scratch[wk] = newSSDGradWork(Q, chunks, P, N)
 		}
-		buf := scratch[wk]
+		wb := scratch[wk]
 		bi, h := task/H, task%H
 		g := h / rep
 		a := float64(At.f32[h])
@@ -516,83 +502,45 @@ func (be *Backend) SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dy, x, dt, A, B
 		if Dt != nil {
 			dh = float64(Dt.f32[h])
 		}
-		xAt := func(t int) []float32 { return xs[((bi*L+t)*H+h)*P:][:P] }
-		bAt := func(t int) []float32 { return Bs[((bi*L+t)*G+g)*N:][:N] }
-		cAt := func(t int) []float32 { return Cs[((bi*L+t)*G+g)*N:][:N] }
-		dtAt := func(t int) float64 { return float64(dtt.f32[(bi*L+t)*H+h]) }
-		// step writes next = exp(a_t)·S + x̄_t ⊗ B_t (next may be S).
-		step := func(next, S []float64, t int) {
-			d := dtAt(t)
-			e := math.Exp(min(d*a, 0))
-			bt := buf.stepB
-			for j, v := range bAt(t) {
-				bt[j] = float64(v)
-			}
-			for i, xv := range xAt(t) {
-				ssdStateRow(next[i*N:][:N], S[i*N:][:N], bt, e, d*float64(xv))
+		ldx, ldb := H*P, G*N
+		chunkOf := func(c int) ssdGradChunk {
+			t0 := c * Q
+			return ssdGradChunk{
+				q:  min(Q, L-t0),
+				x:  xs[((bi*L+t0)*H+h)*P:],
+				dy: dyt.f32[((bi*L+t0)*H+h)*P:],
+				dt: dtt.f32[(bi*L+t0)*H+h:],
+				B:  Bs[((bi*L+t0)*G+g)*N:],
+				C:  Cs[((bi*L+t0)*G+g)*N:],
+				dx: dxt.f32[((bi*L+t0)*H+h)*P:], ddt: ddtt.f32[(bi*L+t0)*H+h:],
+				ldx: ldx, ldb: ldb, ldt: H,
 			}
 		}
-
-		// Forward: the state entering each piece.
-		clear(buf.saved[:PN])
-		for c := 1; c < pieces; c++ {
-			next := buf.saved[c*PN:][:PN]
-			copy(next, buf.saved[(c-1)*PN:][:PN])
-			for t := (c - 1) * Q; t < c*Q; t++ {
-				step(next, next, t)
-			}
+		// Forward: the state entering each chunk.
+		clear(wb.states[:P*N])
+		for c := 1; c < chunks; c++ {
+			wb.advance(chunkOf(c-1), a, wb.states[(c-1)*P*N:][:P*N], wb.states[c*P*N:][:P*N])
 		}
-
-		Gs := buf.grad
-		clear(Gs)
+		// Backward, from the last chunk to the first.
+		clear(wb.gout)
 		var accA, accD float64
-		for c := pieces - 1; c >= 0; c-- {
-			t0, t1 := c*Q, min(L, (c+1)*Q)
-			copy(buf.states[:PN], buf.saved[c*PN:][:PN])
-			for t := t0 + 1; t < t1; t++ {
-				step(buf.states[(t-t0)*PN:][:PN], buf.states[(t-t0-1)*PN:][:PN], t-1)
-			}
-			for t := t1 - 1; t >= t0; t-- {
-				Sp := buf.states[(t-t0)*PN:][:PN] // S_{t−1}
-				d := dtAt(t)
-				e := math.Exp(min(d*a, 0))
-				bt, ct, dbt, dct := buf.b, buf.c, buf.db, buf.dc
-				for j, v := range bAt(t) {
-					bt[j] = float64(v)
-				}
-				for j, v := range cAt(t) {
-					ct[j] = float64(v)
-				}
-				clear(dbt)
-				clear(dct)
-				gy := dyt.f32[((bi*L+t)*H+h)*P:][:P]
-				xv := xAt(t)
-				dxr := dxt.f32[((bi*L+t)*H+h)*P:][:P]
-				var dot, dtx, xgy float64
-				for i := range P {
-					gyi, xi := float64(gy[i]), float64(xv[i])
-					dxb, dr := ssdGradRow(Gs[i*N:][:N], Sp[i*N:][:N], ct, bt, dct, dbt, gyi, d*xi, e)
-					dot += dr
-					dxr[i] = float32(d*dxb + dh*gyi)
-					dtx += dxb * xi
-					xgy += gyi * xi
-				}
-				accD += xgy
-				// dC_t = S_tᵀ·gy_t with S_t = e·S_{t−1} + x̄_t ⊗ B_t.
-				for j := range N {
-					dct[j] = e*dct[j] + d*xgy*bt[j]
-				}
-				da := e * dot
-				ddtt.f32[(bi*L+t)*H+h] = float32(a*da + dtx)
-				accA += d * da
+		for c := chunks - 1; c >= 0; c-- {
+			ch := chunkOf(c)
+			sa, sd := wb.backward(ch, a, dh, wb.states[c*P*N:][:P*N], c > 0, c < chunks-1)
+			accA += sa
+			accD += sd
+			t0 := c * Q
+			for i := range ch.q {
+				dbi, dci := wb.dB[i*N:][:N], wb.dC[i*N:][:N]
 				if rep == 1 {
-					for j := range N {
-						dBt.f32[((bi*L+t)*G+g)*N+j] = float32(dbt[j])
-						dCt.f32[((bi*L+t)*G+g)*N+j] = float32(dct[j])
-					}
-				} else {
-					copy(dBh[((bi*L+t)*H+h)*N:][:N], dbt)
-					copy(dCh[((bi*L+t)*H+h)*N:][:N], dct)
+					r := ((bi*L+t0+i)*G + g) * N
+					copy(dBt.f32[r:r+N], dbi)
+					copy(dCt.f32[r:r+N], dci)
+					continue
+				}
+				r := ((bi*L+t0+i)*H + h) * N
+				for j := range N {
+					dBh[r+j], dCh[r+j] = float64(dbi[j]), float64(dci[j])
 				}
 			}
 		}
@@ -629,72 +577,236 @@ func (be *Backend) SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dy, x, dt, A, B
 	return nil
 }
 
-// ssdGradPiece is the most tokens whose states the scan's backward keeps
-// at once: 16 states of 80×80 float64 (Phi-2's heads) are 820 KB, which
-// stay in a core's L2 cache while the piece is walked backwards; a whole
-// chunk of 64 would not.
-const ssdGradPiece = 16
+// ssdGradChunk is one chunk of one (batch, head) of the scan's backward:
+// its q tokens' operands (x and dy rows of stride ldx, B and C of stride
+// ldb, dt of stride ldt) and where its dx and ddt go.
+type ssdGradChunk struct {
+	q               int
+	x, dy, dt, B, C []float32
+	dx, ddt         []float32
+	ldx, ldb, ldt   int
+}
 
-// ssdStateRow is one row of a state update: row = e·prev + xb·b (row may
-// be prev).
-func ssdStateRow(row, prev, b []float64, e, xb float64) {
-	n := len(row)
-	prev, b = prev[:n], b[:n]
-	j := 0
-	for ; j+4 <= n; j += 4 {
-		r, p, bb := row[j:j+4:j+4], prev[j:j+4:j+4], b[j:j+4:j+4]
-		r[0], r[1], r[2], r[3] = e*p[0]+xb*bb[0], e*p[1]+xb*bb[1], e*p[2]+xb*bb[2], e*p[3]+xb*bb[3]
-	}
-	for ; j < n; j++ {
-		row[j] = e*prev[j] + xb*b[j]
+// ssdGradWork is one worker's buffers for the scan's backward, for chunks
+// of at most Q tokens and states of P×N.
+type ssdGradWork struct {
+	Q, P, N int
+	states  []float32 // [chunks][P×N]: the state entering each chunk
+	gout    []float32 // [P×N]: ∂L/∂(state leaving the chunk) from later tokens
+	// Per token of a chunk, in float64: the per-token decay exp(a_i), the
+	// decay from the chunk's entry exp(cs_i) and to its exit
+	// exp(cs_last − cs_i), and the decay gradient's pieces.
+	dt, dtw        []float64 // dt_i, dt_i·out_i
+	decay, in, out []float64
+	suf, rect      []float64 // column suffix sums (then da); R_t
+	inl, v         []float64 // in_l·⟨dy_l, H·C_l⟩; out_s·⟨x̄_s, Gout·B_s⟩
+	xb, xw, dye    []float32 // [Q×P]: x̄ = dt·x, out∘x̄, in∘dy
+	bw             []float32 // [Q×N]: out∘B
+	cb, dxt        []float32 // [Q×Q]: C·Bᵀ and dY·X̄ᵀ, then M and K in place
+	dxb, bg, cht   []float32 // [Q×P]: dX̄, (out∘B)·Goutᵀ, C·Hᵀ
+	dB, dC         []float32 // [Q×N]
+}
+
+func newSSDGradWork(Q, chunks, P, N int) *ssdGradWork {
+	f64 := func(n int) []float64 { return make([]float64, n) }
+	f32 := func(n int) []float32 { return make([]float32, n) }
+	return &ssdGradWork{
+		Q: Q, P: P, N: N,
+		states: f32(chunks * P * N), gout: f32(P * N),
+		dt: f64(Q), dtw: f64(Q), decay: f64(Q), in: f64(Q), out: f64(Q), suf: f64(Q), rect: f64(Q), inl: f64(Q), v: f64(Q),
+		xb: f32(Q * P), xw: f32(Q * P), dye: f32(Q * P), bw: f32(Q * N),
+		cb: f32(Q * Q), dxt: f32(Q * Q),
+		dxb: f32(Q * P), bg: f32(Q * P), cht: f32(Q * P),
+		dB: f32(Q * N), dC: f32(Q * N),
 	}
 }
 
-// ssdGradRow is one row i of a token's backward step on G (the gradient of
-// the state S_t, updated in place to exp(a_t)·G for token t−1), with
-// gyi = dy_t[i], xb = dt_t·x_t[i] and prow = S_{t−1}[i,:]:
-//
-//	gv = G[i,:] + gyi·C_t;  sg += prow·gyi;  dB_t += gv·xb;  G[i,:] = e·gv
-//
-// returning dx̄_t[i] = gv·B_t and this row's share ⟨gv, S_{t−1}[i,:]⟩ of
-// the decay's gradient (sg sums S_{t−1}ᵀ·gy_t, from which the caller
-// forms dC_t). The sums run as four interleaved float64 chains (a fixed
-// order: the same bits for any worker count), which keeps the adds'
-// latency off the critical path.
-func ssdGradRow(row, prow, ct, bt, sg, dbt []float64, gyi, xb, e float64) (dxb, dot float64) {
-	n := len(row)
-	prow, ct, bt, sg, dbt = prow[:n], ct[:n], bt[:n], sg[:n], dbt[:n]
-	var x0, x1, x2, x3, d0, d1, d2, d3 float64
-	j := 0
-	for ; j+4 <= n; j += 4 {
-		r, p := row[j:j+4:j+4], prow[j:j+4:j+4]
-		c, b, s, db := ct[j:j+4:j+4], bt[j:j+4:j+4], sg[j:j+4:j+4], dbt[j:j+4:j+4]
-		g0, g1, g2, g3 := r[0]+gyi*c[0], r[1]+gyi*c[1], r[2]+gyi*c[2], r[3]+gyi*c[3]
-		s[0] += p[0] * gyi
-		s[1] += p[1] * gyi
-		s[2] += p[2] * gyi
-		s[3] += p[3] * gyi
-		x0 += g0 * b[0]
-		x1 += g1 * b[1]
-		x2 += g2 * b[2]
-		x3 += g3 * b[3]
-		db[0] += g0 * xb
-		db[1] += g1 * xb
-		db[2] += g2 * xb
-		db[3] += g3 * xb
-		d0 += g0 * p[0]
-		d1 += g1 * p[1]
-		d2 += g2 * p[2]
-		d3 += g3 * p[3]
-		r[0], r[1], r[2], r[3] = g0*e, g1*e, g2*e, g3*e
+// decays fills dt, decay, in and out for chunk ch and head decay a ≤ 0 (dt ≥ 0):
+// every exponent is dt·a ≤ 0, and the segment decays are running products
+// of the per-token ones, never exp(x)·exp(−y). It returns exp(cs_last).
+func (w *ssdGradWork) decays(ch ssdGradChunk, a float64) float64 {
+	q := ch.q
+	run := 1.0
+	for i := range q {
+		w.dt[i] = float64(ch.dt[i*ch.ldt])
+		w.decay[i] = math.Exp(min(w.dt[i]*a, 0))
+		run *= w.decay[i]
+		w.in[i] = run
 	}
-	for ; j < n; j++ {
-		g := row[j] + gyi*ct[j]
-		sg[j] += prow[j] * gyi
-		x0 += g * bt[j]
-		dbt[j] += g * xb
-		d0 += g * prow[j]
-		row[j] = g * e
+	run = 1.0
+	for i := q - 1; i >= 0; i-- {
+		w.out[i] = run
+		run *= w.decay[i]
 	}
-	return (x0 + x1) + (x2 + x3), (d0 + d1) + (d2 + d3)
+	return w.in[q-1]
+}
+
+// scaleRowsInto writes dst[i,:] = f[i]·src[i,:] for len(f) rows of n
+// (src of stride lds, dst packed), each product in float64 and rounded
+// once; when dst2 is not nil it also writes dst2[i,:] = f2[i]·src[i,:].
+func scaleRowsInto(dst []float32, f []float64, dst2 []float32, f2 []float64, src []float32, lds, n int) {
+	for i, fi := range f {
+		s, d := src[i*lds:][:n], dst[i*n:][:n]
+		if dst2 == nil {
+			for j, v := range s {
+				d[j] = float32(fi * float64(v))
+			}
+			continue
+		}
+		d2, fi2 := dst2[i*n:][:n], f2[i]
+		for j, v := range s {
+			d[j], d2[j] = float32(fi*float64(v)), float32(fi2*float64(v))
+		}
+	}
+}
+
+// advance writes the state leaving chunk ch into next from the state
+// entering it, S: next = exp(cs_last)·S + X̄ᵀ·(out∘B).
+func (w *ssdGradWork) advance(ch ssdGradChunk, a float64, S, next []float32) {
+	q, P, N := ch.q, w.P, w.N
+	last := float32(w.decays(ch, a))
+	scaleRowsInto(w.xb, w.dt[:q], nil, nil, ch.x, ch.ldx, P)
+	scaleRowsInto(w.bw, w.out[:q], nil, nil, ch.B, ch.ldb, N)
+	for i, v := range S {
+		next[i] = last * v
+	}
+	gemm(true, false, P, N, q, w.xb, P, w.bw, N, 1, next, N)
+}
+
+// backward runs chunk ch given the state entering it (hin, zero when
+// !hasIn) and w.gout, the gradient of the state leaving it (zero when
+// !hasOut), which it replaces by the gradient of the state entering it.
+// It writes the chunk's dx and ddt, leaves dB and dC in w.dB and w.dC,
+// and returns the chunk's shares of dA (Σ dt·da) and dD (Σ ⟨dy, x⟩).
+//
+// With X̄ = dt∘x, L[l,s] = exp(cs_l − cs_s) for s ≤ l (zero above),
+// M = L∘(C·Bᵀ) and K = L∘(dY·X̄ᵀ):
+//
+//	dX̄ = Mᵀ·dY + out∘(B·Goutᵀ)      dC = K·B + in∘(dY·H)
+//	dB = Kᵀ·C + out∘(X̄·Gout)        G_in = exp(cs_last)·Gout + (in∘dY)ᵀ·C
+//
+// and the decay's gradient da_t = exp(a_t)·⟨G_t, S_{t−1}⟩ expands, with
+// every exponential of a product folding into one segment decay, to
+//
+//	da_t = Σ_{s<t≤l} M[l,s]·(dY·X̄ᵀ)[l,s] + Σ_{l≥t} in_l·⟨dy_l, H·C_l⟩
+//	     + Σ_{s<t} out_s·⟨x̄_s, Gout·B_s⟩ + exp(cs_last)·⟨Gout, H⟩
+//
+// four sums of products in float64 — a rectangle of the lower triangle
+// (its columns' suffix sums), a suffix, a prefix and a constant — with no
+// difference of cumulative sums to cancel.
+func (w *ssdGradWork) backward(ch ssdGradChunk, a, dh float64, hin []float32, hasIn, hasOut bool) (sumA, sumD float64) {
+	q, P, N := ch.q, w.P, w.N
+	last := w.decays(ch, a)
+	dtw := w.dtw[:q]
+	for i, d := range w.dt[:q] {
+		dtw[i] = d * w.out[i]
+	}
+	scaleRowsInto(w.xb, w.dt[:q], w.xw, dtw, ch.x, ch.ldx, P)
+	scaleRowsInto(w.dye, w.in[:q], nil, nil, ch.dy, ch.ldx, P)
+	scaleRowsInto(w.bw, w.out[:q], nil, nil, ch.B, ch.ldb, N)
+
+	// C·Bᵀ and dY·X̄ᵀ, then M and K in place, and the decay gradient's
+	// rectangle sums R_t = Σ_{s<t} Σ_{l≥t} M[l,s]·(dY·X̄ᵀ)[l,s], walking the
+	// rows up with each column's suffix sum in suf.
+	cb, dxt := w.cb[:q*q], w.dxt[:q*q]
+	gemm(false, true, q, q, w.N, ch.C, ch.ldb, ch.B, ch.ldb, 0, cb, q)
+	gemm(false, true, q, q, P, ch.dy, ch.ldx, w.xb, P, 0, dxt, q)
+	suf, rect := w.suf[:q], w.rect[:q]
+	clear(suf)
+	for l := q - 1; l >= 0; l-- {
+		mrow, krow := cb[l*q:][:q], dxt[l*q:][:q]
+		seg := 1.0 // exp(cs_l − cs_s), walking s down from l
+		for s := l; s >= 0; s-- {
+			m := seg * float64(mrow[s])
+			k := seg * float64(krow[s])
+			if s < l {
+				suf[s] += m * float64(krow[s])
+			}
+			mrow[s], krow[s] = float32(m), float32(k)
+			seg *= w.decay[s]
+		}
+		for s := l + 1; s < q; s++ {
+			mrow[s], krow[s] = 0, 0
+		}
+		var r float64
+		for s := range l {
+			r += suf[s]
+		}
+		rect[l] = r
+	}
+
+	dxb, dB, dC := w.dxb[:q*P], w.dB[:q*N], w.dC[:q*N]
+	gemm(true, false, q, P, q, cb, q, ch.dy, ch.ldx, 0, dxb, P) // Mᵀ·dY
+	gemm(false, false, q, N, q, dxt, q, ch.B, ch.ldb, 0, dC, N) // K·B
+	gemm(true, false, q, N, q, dxt, q, ch.C, ch.ldb, 0, dB, N)  // Kᵀ·C
+	var constant float64
+	v := w.v[:q]
+	clear(v)
+	if hasOut {
+		bg := w.bg[:q*P]
+		gemm(false, true, q, P, N, w.bw, N, w.gout, N, 0, bg, P) // (out∘B)·Goutᵀ
+		for s := range q {
+			var vs float64
+			for p, g := range bg[s*P : (s+1)*P] {
+				vs += float64(w.xb[s*P+p]) * float64(g)
+				dxb[s*P+p] += g
+			}
+			v[s] = vs
+		}
+		gemm(false, false, q, N, P, w.xw, P, w.gout, N, 1, dB, N) // + (out∘X̄)·Gout
+	}
+	inTerm := w.inl[:q]
+	clear(inTerm)
+	if hasIn {
+		chm := w.cht[:q*P]
+		gemm(false, true, q, P, N, ch.C, ch.ldb, hin, N, 0, chm, P) // C·Hᵀ
+		for l := range q {
+			var ul float64
+			for p, c := range chm[l*P : (l+1)*P] {
+				ul += float64(w.dye[l*P+p]) * float64(c)
+			}
+			inTerm[l] = ul
+		}
+		gemm(false, false, q, N, P, w.dye, P, hin, N, 1, dC, N) // + (in∘dY)·H
+		if hasOut {
+			for i, g := range w.gout {
+				constant += float64(g) * float64(hin[i])
+			}
+			constant *= last
+		}
+	}
+
+	// G_in = exp(cs_last)·Gout + (in∘dY)ᵀ·C.
+	if hasOut {
+		l32 := float32(last)
+		for i := range w.gout {
+			w.gout[i] *= l32
+		}
+	}
+	gemm(true, false, P, N, q, w.dye, P, ch.C, ch.ldb, 1, w.gout, N)
+
+	// Per token: da, ddt, dx.
+	var prefixV, suffix float64
+	da := w.suf[:q] // the column sums are spent: reuse
+	for t := q - 1; t >= 0; t-- {
+		suffix += inTerm[t]
+		da[t] = rect[t] + suffix + constant
+	}
+	for t := range q {
+		da[t] += prefixV
+		prefixV += v[t]
+		d := w.dt[t]
+		xr, gyr, dxr := ch.x[t*ch.ldx:][:P], ch.dy[t*ch.ldx:][:P], ch.dx[t*ch.ldx:][:P]
+		var dtx, xgy float64
+		for p, g := range dxb[t*P : (t+1)*P] {
+			xv, gy := float64(xr[p]), float64(gyr[p])
+			dtx += float64(g) * xv
+			xgy += gy * xv
+			dxr[p] = float32(d*float64(g) + dh*gy)
+		}
+		ch.ddt[t*ch.ldt] = float32(a*da[t] + dtx)
+		sumA += d * da[t]
+		sumD += xgy
+	}
+	return sumA, sumD
 }

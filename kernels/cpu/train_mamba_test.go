@@ -27,6 +27,30 @@ func TestMambaGradConformanceWorkers(t *testing.T) {
 	}
 }
 
+// The scan's backward on the portable matrix products too (the plain-Go
+// micro-kernel and gonum's sgemm), as TestConformancePortable does for
+// the forward operations.
+func TestMambaGradConformancePortable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	savedGemm, savedKernel := gemm, microKernel
+	t.Cleanup(func() { gemm, microKernel = savedGemm, savedKernel })
+	for name, k := range testMicroKernels {
+		if name == microKernelName { // the active kernel: TestMambaGradConformance runs it
+			continue
+		}
+		t.Run("blocked-"+name, func(t *testing.T) {
+			gemm, microKernel = gemmBlocked, k
+			conformance.RunMambaGrad(t, func() kernels.Backend { return New(0) }, conformance.DefaultTolerances())
+		})
+	}
+	t.Run("gonum", func(t *testing.T) {
+		gemm = gemmGonum
+		conformance.RunMambaGrad(t, func() kernels.Backend { return New(0) }, conformance.DefaultTolerances())
+	})
+}
+
 // mambaGradRun is one call of every MambaGrad operation on fixed random
 // inputs, returning every output downloaded (accumulated ones pre-filled
 // with ones).
@@ -80,16 +104,18 @@ func mambaGradRun(t *testing.T, be *Backend, chunk int) [][]float32 {
 	return res
 }
 
-// Results are bit-identical for any number of workers, and the scan's for
-// any chunk length (the states inside a chunk are recomputed by the same
-// float64 arithmetic as the forward walk).
+// Results are bit-identical for any number of workers (for the scan, at
+// each chunk length: chunks of one token, of 7 with a remainder, of 16,
+// and of the whole sequence).
 func TestMambaGradDeterministic(t *testing.T) {
-	want := mambaGradRun(t, New(1), 16)
-	for _, c := range []struct{ workers, chunk int }{{2, 16}, {3, 16}, {8, 16}, {2, 1}, {3, 7}, {2, 50}, {2, 64}} {
-		got := mambaGradRun(t, New(c.workers), c.chunk)
-		for i := range want {
-			if !slices.Equal(math32bits(got[i]), math32bits(want[i])) {
-				t.Errorf("%d workers, chunk %d: output %d differs from one worker's", c.workers, c.chunk, i)
+	for _, chunk := range []int{1, 7, 16, 50} {
+		want := mambaGradRun(t, New(1), chunk)
+		for _, workers := range []int{2, 3, 8} {
+			got := mambaGradRun(t, New(workers), chunk)
+			for i := range want {
+				if !slices.Equal(math32bits(got[i]), math32bits(want[i])) {
+					t.Errorf("chunk %d, %d workers: output %d differs from one worker's", chunk, workers, i)
+				}
 			}
 		}
 	}
