@@ -18,7 +18,8 @@ import (
 // gradient's own size, and must come back as those values plus the
 // gradient: an operation that overwrites instead of adding, or forgets to
 // add, is off by about the whole value. Optional gradient outputs are
-// also passed as nil. The scan uses tol.Scan (tol.Scan or tol.BF16,
+// also passed as nil, and the inputs of the conv and the scan must be
+// left as they were. The scan uses tol.Scan (tol.Scan or tol.BF16,
 // whichever is larger, on BF16 operands); the other operations tol.F32.
 func RunMambaGrad(t *testing.T, newBackend func() kernels.Backend, tol Tolerances) {
 	t.Helper()
@@ -107,7 +108,10 @@ func (s *suite) causalConv1dBackward(e *env, mg kernels.MambaGrad) {
 		if c.bias {
 			db, wantB = e.accumulator(wantDb)
 		}
-		e.must(what, mg.CausalConv1dBackward(du, dw, db, e.up(dout), e.up(u), e.up(w), bt, c.silu))
+		doutT, uT := e.up(dout), e.up(u)
+		e.must(what, mg.CausalConv1dBackward(du, dw, db, doutT, uT, e.up(w), bt, c.silu))
+		e.exact(what+" leaves dout as it was", e.down(doutT), dout)
+		e.exact(what+" leaves u as it was", e.down(uT), u)
 		e.check(what+" du", e.down(du), wantDu, e.tol.F32)
 		e.check(what+" dweight", e.down(dw), wantW, e.tol.F32)
 		if c.bias {
@@ -254,7 +258,8 @@ func (e *env) runSSDBackward(mg kernels.MambaGrad, c ssdGradCase, tol float64) b
 	if D != nil && !c.noDD {
 		dD, wantD = e.accumulator(gr.DD)
 	}
-	err = mg.SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, e.up(dy), xt, dtt, At, Bt, Ct, Dt, c.chunk)
+	dyT := e.up(dy)
+	err = mg.SSDChunkScanBackward(dx, ddt, dA, dB, dC, dD, dyT, xt, dtt, At, Bt, Ct, Dt, c.chunk)
 	if err != nil && (c.bf16XBC || c.bf16DtAD) {
 		ferr := e.be.SSDChunkScan(e.poisoned(c.b, c.l, c.h, c.p), xt, dtt, At, Bt, Ct, Dt, nil, c.chunk)
 		if ferr == nil {
@@ -265,6 +270,13 @@ func (e *env) runSSDBackward(mg kernels.MambaGrad, c ssdGradCase, tol float64) b
 		return false
 	}
 	e.must(what, err)
+	for _, in := range []struct {
+		name string
+		t    kernels.Tensor
+		want *reference.Array
+	}{{"dy", dyT, dy}, {"x", xt, x}, {"dt", dtt, dt}, {"B", Bt, B}, {"C", Ct, C}} {
+		e.exact(what+" leaves "+in.name+" as it was", e.down(in.t), in.want)
+	}
 	e.check(what+" dx", e.down(dx), gr.DX, tol)
 	e.check(what+" ddt", e.down(ddt), gr.DDt, tol)
 	e.check(what+" dA", e.down(dA), wantA, tol)
