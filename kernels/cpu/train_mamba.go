@@ -38,8 +38,8 @@ func addFloat64Sums(acc []float32, sums []float64) {
 // fixedBlockSums runs fill over fixed blocks of rows of [0, rows), in
 // parallel, each with its own zeroed float64 accumulator of n columns, and
 // returns the sum of the accumulators in block order. Blocks hold
-// max(1, 32768/n) rows (64 KiB or more of float32 input each, and the
-// accumulators an n-th of that): the result depends on the shape alone,
+// max(1, 32768/n) rows (32768 elements or more each, so the accumulators
+// are a small part of the work): the result depends on the shape alone,
 // never on the worker count. fill may also write per-row outputs of its
 // rows.
 func (be *Backend) fixedBlockSums(rows, n int, fill func(lo, hi int, acc []float64)) []float64 {
