@@ -274,23 +274,46 @@ extern "C" __global__ void k_gated_norm_bwd(float* dy, float* dz, double* part, 
 // is H_c, the state entering chunk c (H_0 = 0, H_{c+1} = decay_c·H_c +
 // Sloc_c), and dst[c] is dH_{c+1}, the gradient of the state leaving it
 // (0 for the last chunk, dH_c = decay_c·dH_{c+1} + dSloc_c).
-extern "C" __global__ void k_mamba_state_pass(float* st, float* dst, const float* decay, i64 total, int nc, int pn) {
+// Loads come MB_PASS chunks at a time, ahead of the dependent chain.
+#define MB_PASS 8
+extern "C" __global__ void k_mamba_state_pass(float* __restrict__ st, float* __restrict__ dst, const float* __restrict__ decay, i64 total,
+                                              int nc, int pn) {
     MB_STRIDE(i, total) {
         const i64 bh = i / pn;
         float* sp = st + bh * nc * pn + (i % pn);
         float* dp = dst + bh * nc * pn + (i % pn);
         const float* dec = decay + bh * nc;
         float hc = 0.f;
-        for (int c = 0; c < nc; c++) {
-            const float s = sp[(i64)c * pn];
-            sp[(i64)c * pn] = hc;
-            hc = fmaf(dec[c], hc, s);
+        for (int c0 = 0; c0 < nc; c0 += MB_PASS) {
+            float v[MB_PASS], e[MB_PASS];
+#pragma unroll
+            for (int k = 0; k < MB_PASS; k++)
+                if (c0 + k < nc) {
+                    v[k] = sp[(i64)(c0 + k) * pn];
+                    e[k] = dec[c0 + k];
+                }
+#pragma unroll
+            for (int k = 0; k < MB_PASS; k++)
+                if (c0 + k < nc) {
+                    sp[(i64)(c0 + k) * pn] = hc;
+                    hc = fmaf(e[k], hc, v[k]);
+                }
         }
         float gc = 0.f;
-        for (int c = nc - 1; c >= 0; c--) {
-            const float d = dp[(i64)c * pn];
-            dp[(i64)c * pn] = gc;
-            gc = fmaf(dec[c], gc, d);
+        for (int c1 = nc - 1; c1 >= 0; c1 -= MB_PASS) {
+            float v[MB_PASS], e[MB_PASS];
+#pragma unroll
+            for (int k = 0; k < MB_PASS; k++)
+                if (c1 - k >= 0) {
+                    v[k] = dp[(i64)(c1 - k) * pn];
+                    e[k] = dec[c1 - k];
+                }
+#pragma unroll
+            for (int k = 0; k < MB_PASS; k++)
+                if (c1 - k >= 0) {
+                    dp[(i64)(c1 - k) * pn] = gc;
+                    gc = fmaf(e[k], gc, v[k]);
+                }
         }
     }
 }

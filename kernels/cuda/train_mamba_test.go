@@ -13,7 +13,22 @@ import (
 	"github.com/matsurgery/matsurgery/kernels/reference"
 )
 
-// Tests of the CUDA MambaGrad against float64 loops written here from
+// TestMambaGradConformance runs the shared MambaGrad suite (float64
+// backward references of package reference) at the backend's tolerances.
+func TestMambaGradConformance(t *testing.T) {
+	if ok, why := Available(); !ok {
+		t.Skipf("no CUDA device: %s; %s", why, howToRun)
+	}
+	conformance.RunMambaGrad(t, func() kernels.Backend {
+		be, err := New(0)
+		if err != nil {
+			t.Fatalf("New(0): %v", err)
+		}
+		return be
+	}, tolerances())
+}
+
+// Further tests of the CUDA MambaGrad against float64 loops written here from
 // SPEC §3 (the recurrent backward; the convolution, softplus and gated
 // norm backward by the chain rule). The scan's float64 backward is itself
 // checked against central differences of the float64 forward.
