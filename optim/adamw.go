@@ -151,10 +151,13 @@ func (u update) apply(data, grad, m, v []float32, keep float64) {
 	a1, a2 := 1-b1, 1-b2
 	for i := range data {
 		g := float64(grad[i])
-		mi := float32(b1*float64(m[i]) + a1*g)
-		vi := float32(b2*float64(v[i]) + a2*g*g)
+		// The explicit conversions forbid fused multiply-adds (Go fuses
+		// x*y + z on arm64 and GOAMD64=v3), so every build rounds each
+		// product as the device backends do (kernels.LossGrad's AdamW).
+		mi := float32(float64(b1*float64(m[i])) + float64(a1*g))
+		vi := float32(float64(b2*float64(v[i])) + float64(a2*g*g))
 		m[i], v[i] = mi, vi
 		denom := math.Sqrt(float64(vi))/u.bc2Sqrt + u.eps
-		data[i] = float32(float64(data[i])*keep - u.stepSize*float64(mi)/denom)
+		data[i] = float32(float64(float64(data[i])*keep) - u.stepSize*float64(mi)/denom)
 	}
 }
