@@ -140,6 +140,11 @@ int cuLaunchKernel(Func* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     if (extra) return 1;
     if ((int)smem > f->maxDyn) { fprintf(stderr, "emu: %s: %u bytes of dynamic shared memory over the limit %d\n", f->name.c_str(), smem, f->maxDyn); return 1; }
     if (bx * by * bz > 1024 || bx * by * bz == 0 || gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return 1;
+    // One kernel at a time in the process: the modules of every backend
+    // (every emulated device, each on its owner thread) share emu.h's
+    // runtime (a GNU-unique inline static), and blocks run as fibers.
+    static std::mutex launchMu;
+    std::lock_guard<std::mutex> g(launchMu);
     ((void (*)(void**, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned))f->launch)(params, gx, gy, gz, bx, by, bz, smem);
     return 0;
 }
