@@ -33,7 +33,8 @@ extern "C" __global__ void k_mamba_colsum(float* out, const double* part, int np
 //   dpre_t = dout_t·silu′(pre_t) (or dout_t), du_s = Σ_j w[j]·dpre_{s+K−1−j},
 //   dw[j] += Σ_t dpre_t·u[t−K+1+j], dbias += Σ_t dpre_t.
 // Thread (channel c, segment sg of seg tokens of one batch row; block
-// blockIdx.x = sg·cblocks + channel block) walks its tokens once, keeping the last K inputs and gradients in
+// blockIdx.x = sg·cblocks + channel block) walks its tokens once (and
+// K−1 past them, for du), keeping the last K inputs and gradients in
 // registers (K ≤ 8; conv_bwd_any recomputes for longer kernels), and
 // writes its weight and bias sums to part[sg][c][0..K] (K+1 doubles).
 

@@ -378,7 +378,18 @@ func (be *Backend) planScanBackward(p, n int) (scanBwdPlan, error) {
 		smem: scanBwdShared(q, p, n), smem1: chunkStatesShared(q, p, n)}, nil
 }
 
+// scanBwdStage, when not nil, is called on the owner goroutine before the
+// scan backward's first kernel ("start") and after each of its stages (a
+// benchmark records events there to time them).
+var scanBwdStage func(stage string) error
+
 func (be *Backend) scanBackward(what string, s *scanGrad, pl scanBwdPlan) error {
+	stage := func(name string) error {
+		if scanBwdStage == nil {
+			return nil
+		}
+		return scanBwdStage(name)
+	}
 	nc := (s.l + pl.q - 1) / pl.q
 	nbh := s.nb * s.h
 	if int64(nbh)*int64(nc) > 1<<31-1 {
@@ -445,16 +456,28 @@ func (be *Backend) scanBackward(what string, s *scanGrad, pl scanBwdPlan) error 
 		ho = s.h
 	}
 	blocks := nbh * nc
+	if err := stage("start"); err != nil {
+		return err
+	}
 	if err := be.launch(what, k1, dims{blocks, 1, 1}, dims{pl.t1, 1, 1}, pl.smem1,
 		st, dst, decay, s.dy, s.x, s.x.bf(), s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.B.bf(), s.C, s.C.bf(), s.l, s.h, s.g, nc); err != nil {
+		return err
+	}
+	if err := stage("chunk states"); err != nil {
 		return err
 	}
 	if err := be.mambaLaunch1D(what, "k_mamba_state_pass", int64(nbh)*int64(pn), st, dst, decay, int64(nbh)*int64(pn), nc, pn); err != nil {
 		return err
 	}
+	if err := stage("state pass"); err != nil {
+		return err
+	}
 	if err := be.launch(what, k2, dims{blocks, 1, 1}, dims{pl.t, 1, 1}, pl.smem,
 		s.dx, s.ddt, dBo, dCo, partA, partD, s.dy, s.x, s.x.bf(), s.dt, s.dt.bf(), s.A, s.A.bf(), s.B, s.B.bf(), s.C, s.C.bf(),
 		s.D, s.D.bf(), st, dst, s.l, s.h, s.g, nc, ho); err != nil {
+		return err
+	}
+	if err := stage("chunk gradients"); err != nil {
 		return err
 	}
 	if s.g != s.h {
@@ -465,5 +488,8 @@ func (be *Backend) scanBackward(what string, s *scanGrad, pl scanBwdPlan) error 
 			}
 		}
 	}
-	return be.mambaLaunch1D(what, "k_mamba_scan_params", int64(s.h), s.dA, s.dD, partA, partD, s.nb, s.h, nc)
+	if err := be.mambaLaunch1D(what, "k_mamba_scan_params", int64(s.h), s.dA, s.dD, partA, partD, s.nb, s.h, nc); err != nil {
+		return err
+	}
+	return stage("sums")
 }
