@@ -3,8 +3,10 @@ package distill
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -395,4 +397,103 @@ func TestParallelCUDA(t *testing.T) {
 	if err := ps.CheckReplicas(); err != nil {
 		t.Error(err)
 	}
+}
+
+// BenchmarkParallelUpdate times data-parallel updates on the GPUs of the
+// machine (cuda.Group over NCCL): the same global batch on one rank and on
+// every GPU, bf16 precision, the recipe's loss, dropout and clipping;
+// tokens/s counts the rows of the global batch (image rows included) an
+// update. The speed-up of N GPUs is the ratio of the two figures.
+// Checkpoints: $MATSURGERY_BENCH_TEACHER and $MATSURGERY_BENCH_STUDENT
+// (e.g. `matsurgery synth --family phi --preset full` and its `convert
+// --ratio 0.25`), else the tiny phi fixtures; each sample has
+// $MATSURGERY_BENCH_ROWS rows (default 1428: one image and text), the
+// global batch $MATSURGERY_BENCH_SAMPLES samples a GPU (default 2).
+func BenchmarkParallelUpdate(b *testing.B) {
+	if ok, why := cuda.Available(); !ok {
+		b.Skipf("no CUDA device: %s", why)
+	}
+	info, err := cuda.Info()
+	if err != nil {
+		b.Fatal(err)
+	}
+	teacherDir, studentDir := os.Getenv("MATSURGERY_BENCH_TEACHER"), os.Getenv("MATSURGERY_BENCH_STUDENT")
+	if teacherDir == "" || studentDir == "" {
+		teacherDir, studentDir = filepath.Join(fixtures, "phi-tiny"), filepath.Join(fixtures, "phi-tiny-h25")
+	}
+	rows, perGPU := envInt(b, "MATSURGERY_BENCH_ROWS", 1428), envInt(b, "MATSURGERY_BENCH_SAMPLES", 2)
+	gpus := len(info.Devices)
+	for _, R := range slices.Compact([]int{1, gpus}) {
+		b.Run(fmt.Sprintf("gpus=%d", R), func(b *testing.B) {
+			devs := make([]int, R)
+			for i := range devs {
+				devs[i] = i
+			}
+			g, err := cuda.NewGroup(devs)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer g.Close()
+			ps, err := LoadParallelStudent(g, studentDir, teacherDir, model.Options{Precision: model.PrecisionBF16},
+				DeviceOptions{Precision: PrecisionBF16, Dropout: 0.1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ps.Close()
+			batch := benchBatch(b, ps.Rank(0), gpus*perGPU, rows)
+			opt := optim.Recipe()
+			if _, err := ps.Update(batch, DefaultLoss(), opt.LR, 0.1, opt); err != nil { // warm-up: kernels compiled, plans built
+				b.Fatal(err)
+			}
+			tokens := 0
+			for b.Loop() {
+				u, err := ps.Update(batch, DefaultLoss(), opt.LR, 0.1, opt)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, n := range u.Lens {
+					tokens += n
+				}
+			}
+			b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "tokens/s")
+			for r := range R {
+				if _, peak, ok := ps.Rank(r).DeviceMemory(); ok {
+					b.ReportMetric(float64(peak)/(1<<30), fmt.Sprintf("GiB-peak-rank%d", r))
+				}
+			}
+		})
+	}
+}
+
+func envInt(b *testing.B, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v <= 0 {
+		b.Fatalf("$%s=%q: want a positive integer", name, s)
+	}
+	return v
+}
+
+// benchBatch is n samples of about rows rows: text ids around one image,
+// seeded random ids and pixels, dropout keys by index.
+func benchBatch(b *testing.B, ds *DeviceStudent, n, rows int) []DeviceSample {
+	rng := newRand(72)
+	v := ds.Config.Vision
+	text := max(2, rows-ds.ImageTokens())
+	var out []DeviceSample
+	for i := range n {
+		ids := make([]int, 0, text+1)
+		for j := range text {
+			if j == min(40, text/2) {
+				ids = append(ids, ds.Config.ImageTokenIndex)
+			}
+			ids = append(ids, rng.IntN(ds.Config.Text.VocabSize))
+		}
+		out = append(out, DeviceSample{IDs: ids, Pixels: uniform(rng, v.NumChannels*v.ImageSize*v.ImageSize, -1, 1),
+			Dropout: &DropoutKey{Seed: 1, Sample: i}})
+	}
+	return out
 }
