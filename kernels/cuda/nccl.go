@@ -123,13 +123,18 @@ func openNCCL() (*library, error) {
 
 // pythonNCCLDirs lists the nvidia/nccl/lib folders (and the CUDA 13
 // wheels' nvidia/cu13/lib) of the usual Python installations: the active
-// virtual or conda environment first, then the user's, the system's and
-// /opt/conda, newest Python first in each.
+// virtual or conda environment first, then that of each python3 on $PATH,
+// the user's, the system's and /opt/conda, newest Python first in each.
 func pythonNCCLDirs() []string {
 	var roots []string
 	for _, env := range []string{"VIRTUAL_ENV", "CONDA_PREFIX"} {
 		if p := os.Getenv(env); p != "" {
 			roots = append(roots, filepath.Join(p, "lib"))
+		}
+	}
+	for _, bin := range filepath.SplitList(os.Getenv("PATH")) {
+		if bin != "" && fileExists(filepath.Join(bin, "python3")) {
+			roots = append(roots, filepath.Join(filepath.Dir(bin), "lib")) // <prefix>/bin/python3 → <prefix>/lib
 		}
 	}
 	if h, err := os.UserHomeDir(); err == nil {
@@ -152,7 +157,20 @@ func pythonNCCLDirs() []string {
 			dirs = append(dirs, filepath.Join(s, "nvidia", "nccl", "lib"), filepath.Join(s, "nvidia", "cu13", "lib"))
 		}
 	}
-	return slices.Compact(dirs)
+	return uniqueStrings(dirs)
+}
+
+// uniqueStrings keeps the first of each repeated string, in order.
+func uniqueStrings(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // NCCLError is a failed NCCL call.

@@ -389,10 +389,25 @@ func TestPythonNCCLDirs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A python3 on $PATH names another environment, searched next.
+	other := t.TempDir()
+	for _, d := range []string{"bin", "lib/python3.10/dist-packages"} {
+		if err := os.MkdirAll(filepath.Join(other, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(other, "bin", "python3"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", filepath.Join(other, "bin")+string(filepath.ListSeparator)+filepath.Join(venv, "bin"))
 	dirs := pythonNCCLDirs()
 	want := filepath.Join(venv, "lib", "python3.12", "site-packages", "nvidia", "nccl", "lib")
-	if len(dirs) < 4 || dirs[0] != want || !strings.Contains(dirs[2], "python3.11") {
-		t.Fatalf("pythonNCCLDirs() starts %v, want the venv's newest Python first (%s)", dirs[:min(4, len(dirs))], want)
+	if len(dirs) < 6 || dirs[0] != want || !strings.Contains(dirs[2], "python3.11") ||
+		dirs[4] != filepath.Join(other, "lib", "python3.10", "dist-packages", "nvidia", "nccl", "lib") {
+		t.Fatalf("pythonNCCLDirs() starts %v, want the venv's newest Python first (%s), then $PATH's python3", dirs[:min(6, len(dirs))], want)
+	}
+	if len(uniqueStrings(dirs)) != len(dirs) {
+		t.Fatalf("pythonNCCLDirs() repeats a folder: %v", dirs)
 	}
 }
 
