@@ -285,6 +285,9 @@ func NewGroup(devices []int) (*Group, error) {
 		g.ranks = append(g.ranks, be.(*Backend))
 	}
 	if err := g.initComms(); err != nil {
+		if g.comms != nil {
+			_ = g.eachComm("ncclCommDestroy", g.api.commDestroy)
+		}
 		g.closeBackends()
 		return nil, fmt.Errorf("cuda group %v: %w", devices, err)
 	}
