@@ -135,10 +135,10 @@ func (ps *ParallelStudent) Size() int { return len(ps.students) }
 // 0's: Params, HostParams, MambaLayers, SequenceLength).
 func (ps *ParallelStudent) Rank(r int) *DeviceStudent { return ps.students[r] }
 
-// Share is the range [lo, hi) of an update's n samples that rank r
+// ParallelShare is the range [lo, hi) of an update's n samples that rank r
 // accumulates: contiguous blocks whose sizes differ by at most one, the
 // larger first (a rank may get none when n < Size).
-func Share(n, ranks, r int) (lo, hi int) {
+func ParallelShare(n, ranks, r int) (lo, hi int) {
 	q, rem := n/ranks, n%ranks
 	lo = r*q + min(r, rem)
 	hi = lo + q
@@ -156,7 +156,7 @@ type ParallelUpdate struct {
 }
 
 // Update makes one optimiser update over samples (the whole global
-// batch): each rank clears its gradients and accumulates its Share of the
+// batch): each rank clears its gradients and accumulates its ParallelShare of the
 // samples (all ranks at once, each sample's dropout key as given), the
 // gradients are summed across the ranks, and every rank applies
 // Update(len(samples), lr, maxNorm, opt) — the ranks' arithmetic after the
@@ -188,7 +188,7 @@ func (ps *ParallelStudent) update(samples []DeviceSample, cfg LossConfig, lr, ma
 		if err := ds.ZeroGrad(); err != nil {
 			return err
 		}
-		lo, hi := Share(len(samples), R, r)
+		lo, hi := ParallelShare(len(samples), R, r)
 		for i := lo; i < hi; i++ {
 			ls, n, err := ds.Accumulate(samples[i], cfg)
 			if err != nil {

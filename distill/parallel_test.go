@@ -117,7 +117,7 @@ type parallelRun struct {
 	params []map[string][]float32
 }
 
-func snapshot(t *testing.T, ds *DeviceStudent) map[string][]float32 {
+func parSnapshot(t *testing.T, ds *DeviceStudent) map[string][]float32 {
 	t.Helper()
 	out := map[string][]float32{}
 	for _, p := range ds.Params() {
@@ -152,7 +152,7 @@ func runSingle(t *testing.T, ds *DeviceStudent, batches [][]DeviceSample) parall
 			t.Fatal(err)
 		}
 		r.losses, r.norms = append(r.losses, ls), append(r.norms, norm)
-		r.params = append(r.params, snapshot(t, ds))
+		r.params = append(r.params, parSnapshot(t, ds))
 	}
 	return r
 }
@@ -170,7 +170,7 @@ func runParallel(t *testing.T, ps *ParallelStudent, batches [][]DeviceSample) pa
 			t.Fatalf("update %d: %d losses, lengths %v for %d samples", k, len(u.Losses), u.Lens, len(batch))
 		}
 		r.losses, r.norms = append(r.losses, u.Losses), append(r.norms, u.Norm)
-		r.params = append(r.params, snapshot(t, ps.Rank(0)))
+		r.params = append(r.params, parSnapshot(t, ps.Rank(0)))
 	}
 	return r
 }
@@ -203,7 +203,7 @@ func compareRuns(t *testing.T, what string, got, want parallelRun) float64 {
 			t.Errorf("%s: update %d: norm %g, one rank %g", what, k, got.norms[k], want.norms[k])
 		}
 		for name, w := range want.params[k] {
-			d := relDiffF32(got.params[k][name], w)
+			d := parRelDiff(got.params[k][name], w)
 			worst = max(worst, d)
 			if d > parParamTol {
 				t.Errorf("%s: update %d: %s differs from one rank's by %.3g > %.3g", what, k, name, d, parParamTol)
@@ -213,8 +213,8 @@ func compareRuns(t *testing.T, what string, got, want parallelRun) float64 {
 	return worst
 }
 
-// relDiffF32 is ‖a − b‖/‖b‖ in float64.
-func relDiffF32(a, b []float32) float64 {
+// parRelDiff is ‖a − b‖/‖b‖ in float64.
+func parRelDiff(a, b []float32) float64 {
 	var num, den float64
 	for i := range b {
 		d := float64(a[i]) - float64(b[i])
@@ -286,7 +286,7 @@ func TestParallelMatchesOneRank(t *testing.T) {
 		}
 		worst := 0.0
 		for name, w := range want.params[0] {
-			worst = max(worst, relDiffF32(snapshot(t, ps.Rank(0))[name], w))
+			worst = max(worst, parRelDiff(parSnapshot(t, ps.Rank(0))[name], w))
 		}
 		if worst <= parParamTol {
 			t.Fatalf("without the gradient sum the parameters still match one rank's (%.3g): the comparison cannot fail", worst)
@@ -294,18 +294,18 @@ func TestParallelMatchesOneRank(t *testing.T) {
 	})
 }
 
-func TestShare(t *testing.T) {
+func TestParallelShare(t *testing.T) {
 	for _, c := range []struct{ n, ranks int }{{4, 2}, {3, 2}, {1, 3}, {10, 4}, {7, 7}, {0, 2}} {
 		next := 0
 		for r := range c.ranks {
-			lo, hi := Share(c.n, c.ranks, r)
+			lo, hi := ParallelShare(c.n, c.ranks, r)
 			if lo != next || hi < lo || hi-lo > (c.n+c.ranks-1)/c.ranks || hi-lo < c.n/c.ranks {
-				t.Fatalf("Share(%d, %d, %d) = [%d, %d) after %d", c.n, c.ranks, r, lo, hi, next)
+				t.Fatalf("ParallelShare(%d, %d, %d) = [%d, %d) after %d", c.n, c.ranks, r, lo, hi, next)
 			}
 			next = hi
 		}
 		if next != c.n {
-			t.Fatalf("Share(%d, %d, ·) covers %d samples", c.n, c.ranks, next)
+			t.Fatalf("ParallelShare(%d, %d, ·) covers %d samples", c.n, c.ranks, next)
 		}
 	}
 }
@@ -331,14 +331,14 @@ func TestParallelErrors(t *testing.T) {
 		t.Error("an update of no samples accepted")
 	}
 	batch := parallelBatches(t, a.ImageTokens())[0]
-	before := snapshot(t, a)
+	before := parSnapshot(t, a)
 	bad := slices.Clone(batch)
 	bad[3].IDs = append(slices.Clone(bad[3].IDs), 1<<30) // rank 1's second sample
 	_, err = ps.Update(bad, parallelLoss, 1e-3, 1, opt)
 	if err == nil || !strings.Contains(err.Error(), "rank 1") || !strings.Contains(err.Error(), "sample 3") {
 		t.Fatalf("a bad sample on rank 1: %v", err)
 	}
-	for name, v := range snapshot(t, a) {
+	for name, v := range parSnapshot(t, a) {
 		if !slices.Equal(v, before[name]) {
 			t.Fatalf("%s changed by a failed update", name)
 		}
@@ -421,7 +421,7 @@ func BenchmarkParallelUpdate(b *testing.B) {
 	if teacherDir == "" || studentDir == "" {
 		teacherDir, studentDir = filepath.Join(fixtures, "phi-tiny"), filepath.Join(fixtures, "phi-tiny-h25")
 	}
-	rows, perGPU := envInt(b, "MATSURGERY_BENCH_ROWS", 1428), envInt(b, "MATSURGERY_BENCH_SAMPLES", 2)
+	rows, perGPU := parEnvInt(b, "MATSURGERY_BENCH_ROWS", 1428), parEnvInt(b, "MATSURGERY_BENCH_SAMPLES", 2)
 	gpus := len(info.Devices)
 	for _, R := range slices.Compact([]int{1, gpus}) {
 		b.Run(fmt.Sprintf("gpus=%d", R), func(b *testing.B) {
@@ -440,7 +440,7 @@ func BenchmarkParallelUpdate(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer ps.Close()
-			batch := benchBatch(b, ps.Rank(0), gpus*perGPU, rows)
+			batch := parBenchBatch(b, ps.Rank(0), gpus*perGPU, rows)
 			opt := optim.Recipe()
 			if _, err := ps.Update(batch, DefaultLoss(), opt.LR, 0.1, opt); err != nil { // warm-up: kernels compiled, plans built
 				b.Fatal(err)
@@ -465,7 +465,7 @@ func BenchmarkParallelUpdate(b *testing.B) {
 	}
 }
 
-func envInt(b *testing.B, name string, def int) int {
+func parEnvInt(b *testing.B, name string, def int) int {
 	s := os.Getenv(name)
 	if s == "" {
 		return def
@@ -479,7 +479,7 @@ func envInt(b *testing.B, name string, def int) int {
 
 // benchBatch is n samples of about rows rows: text ids around one image,
 // seeded random ids and pixels, dropout keys by index.
-func benchBatch(b *testing.B, ds *DeviceStudent, n, rows int) []DeviceSample {
+func parBenchBatch(b *testing.B, ds *DeviceStudent, n, rows int) []DeviceSample {
 	rng := newRand(72)
 	v := ds.Config.Vision
 	text := max(2, rows-ds.ImageTokens())
