@@ -144,7 +144,15 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 		p.attn = ap
 	}
 	if mixCfg != nil {
-		p.mix = newMixerPlan(a, mixCfg.cfg, n, m.mm.bf16)
+		// A layer runs its token mixer before its MLP, and a Mamba layer has
+		// no attention: the attention block's and the MLP's buffers are free
+		// while a mixer runs, and the mixer reuses those of its shapes.
+		lend := &lender{}
+		if p.attn != nil {
+			lend.add(p.attn.qkv, p.attn.qf, p.attn.kf, p.attn.vf, p.attn.out)
+		}
+		lend.add(p.up, p.gate, p.lin, p.mlpOut)
+		p.mix = newMixerPlan(a, mixCfg.cfg, n, m.mm.bf16, lend)
 	}
 	if a.err != nil {
 		a.free()
@@ -152,6 +160,31 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 	}
 	m.plans[n] = p
 	return p, nil
+}
+
+// lender hands out tensors that are free while a Mamba mixer runs, each
+// at most once, to mixer buffers of the same shape. Every buffer of the
+// mixer, the attention block and the MLP is written before it is read
+// within its layer, so sharing storage between them changes no result.
+type lender struct{ free []kernels.Tensor }
+
+func (l *lender) add(ts ...kernels.Tensor) {
+	for _, t := range ts {
+		if t != nil {
+			l.free = append(l.free, t)
+		}
+	}
+}
+
+// take returns a free F32 tensor of exactly shape, or nil.
+func (l *lender) take(shape ...int) kernels.Tensor {
+	for i, t := range l.free {
+		if t.DType() == kernels.F32 && slices.Equal(t.Shape(), shape) {
+			l.free = slices.Delete(l.free, i, i+1)
+			return t
+		}
+	}
+	return nil
 }
 
 // logitsBuffer returns the plan's [1,n,vocab] logits, allocating it once.

@@ -286,3 +286,47 @@ func TestInputErrors(t *testing.T) {
 		t.Errorf("negative chunk: no error")
 	}
 }
+
+// A hybrid's mixer runs in buffers of the attention block and the MLP where
+// the shapes match (their results are unchanged: the other tests of this
+// file check them).
+func TestMixerSharesBuffers(t *testing.T) {
+	for _, fx := range hybridFixtures {
+		t.Run(fx.family, func(t *testing.T) {
+			m := load(t, fx.dir, Options{}, false)
+			p, err := m.plan(33)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.mix.xBC != p.attn.qkv {
+				t.Error("the mixer's x|B|C input does not reuse the attention's q|k|v buffer")
+			}
+			lendable := map[kernels.Tensor]bool{}
+			for _, x := range []kernels.Tensor{p.attn.qkv, p.attn.qf, p.attn.kf, p.attn.vf, p.attn.out, p.up, p.gate, p.lin, p.mlpOut} {
+				if x != nil {
+					lendable[x] = true
+				}
+			}
+			borrowed := 0
+			for _, x := range []kernels.Tensor{p.mix.proj, p.mix.z, p.mix.xBC, p.mix.xBCc, p.mix.dtRaw, p.mix.dt, p.mix.xs, p.mix.bs, p.mix.cs,
+				p.mix.x, p.mix.B, p.mix.y, p.mix.yn} {
+				if lendable[x] {
+					borrowed++
+				}
+			}
+			if borrowed < 4 {
+				t.Errorf("%d mixer buffers reuse attention or MLP buffers, want at least 4", borrowed)
+			}
+			t.Logf("%d mixer buffers reuse attention or MLP buffers", borrowed)
+			seen := map[kernels.Tensor]string{}
+			for name, x := range map[string]kernels.Tensor{"proj": p.mix.proj, "z": p.mix.z, "xBC": p.mix.xBC, "xBCc": p.mix.xBCc,
+				"dtRaw": p.mix.dtRaw, "dt": p.mix.dt, "xs": p.mix.xs, "bs": p.mix.bs, "cs": p.mix.cs, "y": p.mix.y, "yn": p.mix.yn,
+				"x": p.mix.x, "B": p.mix.B, "h": p.h, "mixOut": p.mixOut} {
+				if other, dup := seen[x]; dup {
+					t.Errorf("mixer buffers %s and %s share storage", name, other)
+				}
+				seen[x] = name
+			}
+		})
+	}
+}

@@ -31,28 +31,38 @@ type mixerPlan struct {
 	ar            *arena
 }
 
-func newMixerPlan(a *arena, c kernels.Mamba2Config, n int, bf16 bool) *mixerPlan {
+// newMixerPlan allocates a mixer's activations for n tokens, taking from
+// lend (may be nil) the buffers of matching shape it has.
+func newMixerPlan(a *arena, c kernels.Mamba2Config, n int, bf16 bool, lend *lender) *mixerPlan {
 	H, P, G, N := c.NHeads, c.HeadDim, c.NGroups, c.DState
 	mp := &mixerPlan{n: n, ar: a}
-	mp.proj = a.alloc(1, n, c.DProj())
-	mp.z = a.alloc(1, n, c.DInner())
-	mp.xBC, mp.xBCc = a.alloc(1, n, c.ConvDim()), a.alloc(1, n, c.ConvDim())
-	mp.dtRaw, mp.dt = a.alloc(1, n, H), a.alloc(1, n, H)
-	mp.xs, mp.bs, mp.cs = a.alloc(1, n, c.DXB), a.alloc(1, n, c.DXB), a.alloc(1, n, G*N)
+	get := func(shape ...int) kernels.Tensor {
+		if lend != nil && a.err == nil {
+			if t := lend.take(shape...); t != nil {
+				return t
+			}
+		}
+		return a.alloc(shape...)
+	}
+	mp.proj = get(1, n, c.DProj())
+	mp.z = get(1, n, c.DInner())
+	mp.xBC, mp.xBCc = get(1, n, c.ConvDim()), get(1, n, c.ConvDim())
+	mp.dtRaw, mp.dt = get(1, n, H), get(1, n, H)
+	mp.xs, mp.bs, mp.cs = get(1, n, c.DXB), get(1, n, c.DXB), get(1, n, G*N)
 	if c.DXB/P == H {
 		mp.x = a.view(mp.xs, 1, n, H, P)
 	} else {
-		mp.x = a.alloc(1, n, H, P)
+		mp.x = get(1, n, H, P)
 	}
 	if c.DXB/N == G {
 		mp.B = a.view(mp.bs, 1, n, G, N)
 	} else {
-		mp.B = a.alloc(1, n, G, N)
+		mp.B = get(1, n, G, N)
 	}
 	mp.C = a.view(mp.cs, 1, n, G, N)
-	mp.y = a.alloc(1, n, H, P)
+	mp.y = get(1, n, H, P)
 	mp.yFlat = a.view(mp.y, 1, n, c.DInner())
-	mp.yn = a.alloc(1, n, c.DInner())
+	mp.yn = get(1, n, c.DInner())
 	if bf16 {
 		mp.xb = a.allocOf(kernels.BF16, 1, n, H, P)
 		mp.bb, mp.cb = a.allocOf(kernels.BF16, 1, n, G, N), a.allocOf(kernels.BF16, 1, n, G, N)
