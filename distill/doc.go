@@ -47,15 +47,17 @@
 // Softmax attention saves each row's log-sum-exp and recomputes the
 // probabilities in its backward, so no L×L matrix is kept.
 //
-// # Where a GPU backend drops in
+// # On a device
 //
-// The boundary is the Student's method set — Forward, Backward, Params,
-// ZeroGrad — with Pass opaque apart from its outputs. Everything behind it
-// is the block functions of this package operating on host slices; a GPU
-// student would implement the same blocks on device buffers (keeping the
-// Pass's activations on the device) and the same Params contract, with
-// Data as the host master copy that it uploads after each optimiser step.
-// The losses take and return host slices and do not depend on the
-// student's implementation. kernels.Backend has no backward operations;
-// this package only borrows the CPU backend's MatMul for large products.
+// DeviceStudent (device*.go) is the Student's twin on a kernels.Backend
+// that implements kernels.Trainer: the whole update — the teacher's
+// forward pass, the student's forward and backward passes, the losses and
+// AdamW — runs on the backend (the GPU; the CPU backend in tests), with
+// the same blocks, the same parameter order and names, the same dropout
+// masks and the same loss semantics; in float32 precision an update equals
+// the host's to float32 rounding. It shares the teacher's frozen weights
+// once they are proved byte-equal, keeps the host Params only as mirrors
+// for checkpoints and export, and adds bf16 products and activation
+// recomputation. TrainOptions.Device (or Backend) selects it; BenchStep
+// measures it.
 package distill
