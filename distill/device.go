@@ -35,9 +35,12 @@ const (
 	// PrecisionBF16 rounds the activations and gradients that enter a
 	// matrix product to bfloat16 and multiplies them with BF16 weights
 	// (the trainable ones' BF16 shadows of their float32 masters),
-	// accumulating in float32: the reference recipe's bf16 autocast.
-	// Everything else — attention, the scan, norms, losses, the optimiser
-	// and the masters — stays float32 or wider.
+	// accumulating in float32: the reference recipe's bf16 autocast. So
+	// does softmax attention with q, k and v (its QKᵀ and PV products)
+	// when the backend's attention takes BF16 (CUDA's does; on the CPU it
+	// stays float32). Everything else — the scan, norms, activation
+	// functions, losses, the optimiser and the masters — stays float32 or
+	// wider.
 	PrecisionBF16 = "bf16"
 )
 
@@ -94,6 +97,7 @@ type DeviceStudent struct {
 	rows    kernels.RowCopier
 	opts    DeviceOptions
 	bf16    bool
+	attn16  bool // bf16 precision and the backend's attention takes BF16 q, k, v (forward and backward)
 	sizes   textSizes
 	teacher *model.Model // nil: no teacher (cross-entropy alone)
 	base    *model.Model // frozen weights and the vision tower
@@ -254,7 +258,42 @@ func loadDeviceStudent(dir string, be kernels.Backend, teacher *model.Model, opt
 	if err := ds.load(ck); err != nil {
 		return nil, err
 	}
+	if ds.bf16 {
+		ds.attn16 = attentionTakesBF16(be, tr)
+	}
 	return ds, nil
+}
+
+// attentionTakesBF16 reports whether the backend's softmax attention, and
+// its backward, take BF16 q, k and v (the CUDA backend's do, as products
+// on the tensor cores; the CPU backend's take F32 only), by running both
+// on a tiny causal case.
+func attentionTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
+	var owned []kernels.Tensor
+	defer func() {
+		for _, t := range owned {
+			be.Free(t)
+		}
+	}()
+	shape := []int{1, 2, 1, 8}
+	vals := []float32{1, -0.5, 0.25, 2, 0, 1, -1, 0.5, 0.5, 0.25, -2, 1, 1, 0, 0.5, -1}
+	tensor := func(dt kernels.DType) kernels.Tensor {
+		t, err := be.Upload(vals, dt, shape...)
+		if err != nil {
+			return nil
+		}
+		owned = append(owned, t)
+		return t
+	}
+	q, k, v := tensor(kernels.BF16), tensor(kernels.BF16), tensor(kernels.BF16)
+	out, dout, dq, dk, dv := tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32)
+	for _, t := range []kernels.Tensor{q, k, v, out, dout, dq, dk, dv} {
+		if t == nil {
+			return false
+		}
+	}
+	return be.SoftmaxAttention(out, q, k, v, 0.5, true) == nil &&
+		tr.SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out, 0.5, true) == nil
 }
 
 // checkTeacher refuses a teacher that cannot have produced the student.

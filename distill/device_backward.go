@@ -190,7 +190,11 @@ func (ds *DeviceStudent) tokenMixerBackward(p *devPlan, l *devLayer, x, dmix, dh
 	if err := ds.inputGrad(p, p.datt, dmix, &l.o); err != nil {
 		return fmt.Errorf("attention output projection backward: %w", err)
 	}
-	if err := tr.SoftmaxAttentionBackward(p.dq4, p.dk4, p.dv4, p.datt4, sv.q4, sv.k4, sv.v4, sv.att4, attnScale(s), true); err != nil {
+	q, k, v, err := ds.attnInputs(p, sv)
+	if err != nil {
+		return err
+	}
+	if err := tr.SoftmaxAttentionBackward(p.dq4, p.dk4, p.dv4, p.datt4, q, k, v, sv.att4, attnScale(s), true); err != nil {
 		return fmt.Errorf("attention backward: %w", err)
 	}
 	if err := tr.RoPEInverse(p.dq4, s.rotary, s.theta, 0); err != nil {

@@ -119,6 +119,9 @@ func TestDeviceStepCUDA(t *testing.T) {
 				return
 			}
 			b16 := loadDevice(t, be, c, DeviceOptions{Dropout: 0.1, Precision: PrecisionBF16})
+			if !b16.attn16 {
+				t.Error("bf16: the CUDA attention was found not to take bf16 q, k, v")
+			}
 			b := runDeviceUpdate(t, b16, c.cfg, samples, lr, maxNorm)
 			worst := 0.0
 			for name, g := range dev.grads {

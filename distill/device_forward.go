@@ -162,7 +162,11 @@ func (ds *DeviceStudent) attentionForward(p *devPlan, l *devLayer, sv *layerSave
 	if err := be.RoPE(sv.k4, s.rotary, s.theta, 0); err != nil {
 		return fmt.Errorf("rope k: %w", err)
 	}
-	if err := be.SoftmaxAttention(sv.att4, sv.q4, sv.k4, sv.v4, attnScale(s), true); err != nil {
+	q, k, v, err := ds.attnInputs(p, sv)
+	if err != nil {
+		return err
+	}
+	if err := be.SoftmaxAttention(sv.att4, q, k, v, attnScale(s), true); err != nil {
 		return fmt.Errorf("attention: %w", err)
 	}
 	if err := ds.linear(p, out, sv.att, &l.o); err != nil {
@@ -172,6 +176,26 @@ func (ds *DeviceStudent) attentionForward(p *devPlan, l *devLayer, sv *layerSave
 }
 
 func attnScale(s textSizes) float32 { return float32(1 / math.Sqrt(float64(s.headDim))) }
+
+// attnInputs returns the attention's q, k and v from the saved ones: as
+// they are, or rounded to bf16 when the student's precision is bf16 and
+// the backend's attention takes BF16 (its QKᵀ and PV products then run
+// on bf16 operands, as under the reference's autocast).
+func (ds *DeviceStudent) attnInputs(p *devPlan, sv *layerSaved) (q, k, v kernels.Tensor, err error) {
+	if !ds.attn16 {
+		return sv.q4, sv.k4, sv.v4, nil
+	}
+	if q, err = ds.lowp(p, sv.q4, lowQ); err != nil {
+		return nil, nil, nil, err
+	}
+	if k, err = ds.lowp(p, sv.k4, lowK); err != nil {
+		return nil, nil, nil, err
+	}
+	if v, err = ds.lowp(p, sv.v4, lowV); err != nil {
+		return nil, nil, nil, err
+	}
+	return q, k, v, nil
+}
 
 // mixerForward runs the Mamba-2 mixer on h into out: in_proj, conv + SiLU
 // over x|B|C, x and B repeated, dt = softplus(dt_raw + dt_bias), the

@@ -92,11 +92,15 @@ type imageBufs struct {
 type lowKey struct{ slot, n int }
 
 // The roles of bf16 scratch buffers: a product's left operand, the right
-// operand of a weight gradient, and a normed input that feeds two products.
+// operand of a weight gradient, a normed input that feeds two products,
+// and attention's q, k and v.
 const (
 	lowA = iota
 	lowB
 	lowH
+	lowQ
+	lowK
+	lowV
 )
 
 // devPlan holds every activation of one sequence length, one image count
