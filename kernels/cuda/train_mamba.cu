@@ -321,14 +321,14 @@ extern "C" __global__ void k_mamba_state_pass(float* __restrict__ st, float* __r
 
 // k_mamba_scan_params: dA[h] += Σ_{b,c} partA[(b·H + h)·nc + c] and the
 // same for dD (dD may be null), in order, in double.
-extern "C" __global__ void k_mamba_scan_params(float* dA, float* dD, const float* partA, const float* partD, int nb, int H, int nc) {
+extern "C" __global__ void k_mamba_scan_params(float* dA, float* dD, const double* partA, const double* partD, int nb, int H, int nc) {
     MB_STRIDE(h, H) {
         double sa = 0.0, sd = 0.0;
         for (int b = 0; b < nb; b++)
             for (int c = 0; c < nc; c++) {
                 const i64 k = ((i64)b * H + h) * nc + c;
-                sa += (double)partA[k];
-                sd += (double)partD[k];
+                sa += partA[k];
+                sd += partD[k];
             }
         dA[h] = (float)((double)dA[h] + sa);
         if (dD) dD[h] = (float)((double)dD[h] + sd);

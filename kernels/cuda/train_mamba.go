@@ -347,7 +347,7 @@ func mbLD(v int) int {
 func scanBwdShared(q, p, n int) int {
 	ldp, ldn, ldq := mbLD(p), mbLD(n), mbLD(q)
 	tp, tn := mbR4(p)/4, mbR4(n)/4
-	return 4 * (2*q*ldp + 2*q*ldn + 3*q*ldq + mbR4(p)*ldn + q*(tn+2*tp) + 8*q + 96)
+	return 4 * (2*q*ldp + 2*q*ldn + 3*q*ldq + mbR4(p)*ldn + q*(tn+2*tp) + 11*q + 192)
 }
 
 func chunkStatesShared(q, p, n int) int { return 4 * (2*q*mbLD(p) + 2*q*mbLD(n) + 3*q) }
@@ -436,11 +436,12 @@ func (be *Backend) scanBackward(what string, s *scanGrad, pl scanBwdPlan) error 
 	if err != nil {
 		return err
 	}
-	partA, err := tmp(nbh * nc)
+	// Per-chunk parts of dA and dD, in double.
+	partA, err := tmp(2 * nbh * nc)
 	if err != nil {
 		return err
 	}
-	partD, err := tmp(nbh * nc)
+	partD, err := tmp(2 * nbh * nc)
 	if err != nil {
 		return err
 	}

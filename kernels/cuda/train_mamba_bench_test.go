@@ -133,21 +133,8 @@ func hostFill(be *Backend, t kernels.Tensor, v float32) error {
 // with the float64 backward of those heads alone and returns the largest
 // relative error.
 func checkHeads(b *testing.B, be *Backend, sh scanShape, r *scanRef, heads []int, dx, ddt, dA, dB, dC, dD kernels.Tensor) float64 {
-	one := scanShape{nb: sh.nb, l: sh.l, h: len(heads), p: sh.p, g: len(heads), n: sh.n}
-	pick := func(v []float64, width int) []float64 {
-		var out []float64
-		for row := range sh.nb * sh.l {
-			for _, h := range heads {
-				out = append(out, v[(row*sh.h+h)*width:(row*sh.h+h+1)*width]...)
-			}
-		}
-		return out
-	}
-	sub := &scanRef{x: pick(r.x, sh.p), dt: pick(r.dt, 1), B: pick(r.B, sh.n), C: pick(r.C, sh.n), dy: pick(r.dy, sh.p)}
-	for _, h := range heads {
-		sub.A = append(sub.A, r.A[h])
-		sub.D = append(sub.D, r.D[h])
-	}
+	one, sub := pickHeads(sh, r, heads)
+	pick := func(v []float64, width int) []float64 { return pickRows(sh, v, width, heads) }
 	one.backward(sub)
 	worst := 0.0
 	for _, k := range []struct {

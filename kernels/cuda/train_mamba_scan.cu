@@ -115,6 +115,34 @@ __device__ __forceinline__ void mb_mm4(float (&acc)[4][4], const float* a, int l
     }
 }
 
+// acc[i][j] += Σ_{k < k1} a[(m0+i)·lda + k]·b[(n0+j)·ldb + k] (both
+// operands' rows along k, k1 a multiple of 4) with double products and
+// sums: the dot products of C·Bᵀ and gy·xᵀ, which the decay's gradient
+// adds up with heavy cancellation (dA of a head at the training size is
+// hundreds of times smaller than Σ |dt·da|), come out correctly rounded.
+__device__ __forceinline__ void mb_mm4_kk_d(double (&acc)[4][4], const float* a, int lda, const float* b, int ldb, int m0, int n0, int k1) {
+    for (int k = 0; k < k1; k += 4) {
+        float av[4][4], bv[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) mb_ld4(av[i], a + (m0 + i) * lda + k);
+#pragma unroll
+        for (int j = 0; j < 4; j++) mb_ld4(bv[j], b + (n0 + j) * ldb + k);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            double ad[4], bd[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                ad[i] = (double)av[i][kk];
+                bd[i] = (double)bv[i][kk];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = fma(ad[i], bd[j], acc[i][j]);
+        }
+    }
+}
+
 __device__ __forceinline__ void mb_zero(float (&acc)[4][4]) {
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -246,15 +274,15 @@ extern "C" __global__ void __launch_bounds__(MB_T1)
 #define SB_UP (SB_H + P4 * LDN)      // [QQ][TNC] partial e_l·gy_l·(H·C_l)
 #define SB_VP (SB_UP + QQ * TNC)     // [QQ][TPC] partial r_s·x̄_s·(dH·B_s)
 #define SB_XP (SB_VP + QQ * TPC)     // [QQ][TPC] partial ⟨dx̄_s, x_s⟩
-#define SB_CS (SB_XP + QQ * TPC)     // double [QQ] cs; [QQ] dt, e, r, u, v, ⟨dx̄, x⟩
-#define SB_DT (SB_CS + 2 * QQ)
+#define SB_CS (SB_XP + QQ * TPC)     // double [QQ] each: cs, u, v, ⟨dx̄, x⟩
+#define SB_U (SB_CS + 2 * QQ)
+#define SB_V (SB_U + 2 * QQ)
+#define SB_XD (SB_V + 2 * QQ)
+#define SB_DT (SB_XD + 2 * QQ)       // [QQ] each: dt, e, r
 #define SB_E (SB_DT + QQ)
 #define SB_R (SB_E + QQ)
-#define SB_U (SB_R + QQ)
-#define SB_V (SB_U + QQ)
-#define SB_XD (SB_V + QQ)
-#define SB_RED (SB_XD + QQ)          // [3][32] per-warp sums
-#define SB_END (SB_RED + 96)
+#define SB_RED (SB_R + QQ)           // double [3][32] per-warp sums
+#define SB_END (SB_RED + 192)
 
 // k_mamba_scan_bwd: block (batch·head, chunk) = blockIdx.x (chunk fastest)
 // writes dx, ddt and the chunk's rows of dB and dC (into dBo and dCo with
@@ -262,8 +290,10 @@ extern "C" __global__ void __launch_bounds__(MB_T1)
 // per-head rows that k_mamba_group_sum adds up), and the chunk's parts of
 // dA and dD into partA and partD. hst and dhst ([batch·head][chunk][P][N])
 // hold H entering and dH leaving each chunk (k_mamba_state_pass).
-extern "C" __global__ void __launch_bounds__(MB_T)
-    k_mamba_scan_bwd(float* dx, float* ddt, float* dBo, float* dCo, float* partA, float* partD, const float* dy, const void* x, int xbf,
+// Shared memory allows one block a multiprocessor at the usual sizes: the
+// register budget is sized for that.
+extern "C" __global__ void __launch_bounds__(MB_T, 1)
+    k_mamba_scan_bwd(float* dx, float* ddt, float* dBo, float* dCo, double* partA, double* partD, const float* dy, const void* x, int xbf,
                      const void* dt, int dtbf, const void* A, int abf, const void* B, int bbf, const void* C, int cbf, const void* D, int dbf,
                      const float* hst, const float* dhst, int L, int H, int G, int nc, int ho) {
     float* sm = (float*)dyn_smem;
@@ -282,10 +312,10 @@ extern "C" __global__ void __launch_bounds__(MB_T)
     float* dts = sm + SB_DT;
     float* el = sm + SB_E;
     float* rl = sm + SB_R;
-    float* ul = sm + SB_U;
-    float* vl = sm + SB_V;
-    float* xd = sm + SB_XD;
-    float* red = sm + SB_RED;
+    double* ul = (double*)(sm + SB_U);
+    double* vl = (double*)(sm + SB_V);
+    double* xd = (double*)(sm + SB_XD);
+    double* red = (double*)(sm + SB_RED);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int nwarps = MB_T / 32;
@@ -306,13 +336,13 @@ extern "C" __global__ void __launch_bounds__(MB_T)
 
     // 1. The chunk's operands, its scalars and H.
     if (tid < 32) mb_chunk_cumsum(cs, dts, dt, dtbf, row0 * H + h, H, q, (double)a * LOG2E_D);
-    float dsum = 0.f; // this thread's part of Σ ⟨gy, x⟩
+    double dsum = 0.0; // this thread's part of Σ ⟨gy, x⟩
     for (int e = tid; e < QQ * P4; e += MB_T) {
         int l = e / P4, p = e % P4;
         float xv = mb_tok(x, xbf, xbase, (i64)H * PP, l, p, q, PP), gv = mb_tok(dy, 0, xbase, (i64)H * PP, l, p, q, PP);
         Xs[l * LDP + p] = xv;
         Gs[l * LDP + p] = gv;
-        dsum = fmaf(gv, xv, dsum);
+        dsum += (double)gv * (double)xv;
     }
     for (int e = tid; e < QQ * N4; e += MB_T) {
         int l = e / N4, n = e % N4;
@@ -325,7 +355,8 @@ extern "C" __global__ void __launch_bounds__(MB_T)
     }
     __syncthreads();
 
-    // 2. C·Bᵀ into S1 and gy·xᵀ into S2 on the causal tiles; e and r.
+    // 2. C·Bᵀ into S1 and gy·xᵀ into S2 on the causal tiles (in double,
+    //    rounded once); e and r.
     if (tid < QQ) {
         el[tid] = exp2f(fminf((float)cs[tid], 0.f));
         rl[tid] = exp2f(fminf((float)(cs[q - 1] - cs[tid]), 0.f));
@@ -335,20 +366,23 @@ extern "C" __global__ void __launch_bounds__(MB_T)
         int tm = 0;
         while ((tm + 1) * (tm + 2) / 2 <= tri) tm++;
         const int l0 = tm * 4, s0 = (tri - tm * (tm + 1) / 2) * 4;
-        float acc[4][4];
-        mb_zero(acc);
+        double acc[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[i][j] = 0.0;
         float* out;
         if (task & 1) {
-            mb_mm4<true, true>(acc, Gs, LDP, Xs, LDP, l0, s0, 0, P4);
+            mb_mm4_kk_d(acc, Gs, LDP, Xs, LDP, l0, s0, P4);
             out = S2;
         } else {
-            mb_mm4<true, true>(acc, Cs, LDN, Bs, LDN, l0, s0, 0, N4);
+            mb_mm4_kk_d(acc, Cs, LDN, Bs, LDN, l0, s0, N4);
             out = S1;
         }
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) out[(l0 + i) * LDQ + s0 + j] = acc[i][j];
+            for (int j = 0; j < 4; j++) out[(l0 + i) * LDQ + s0 + j] = (float)acc[i][j];
     }
     __syncthreads();
 
@@ -373,10 +407,10 @@ extern "C" __global__ void __launch_bounds__(MB_T)
     // 4. dC = e∘(gy·H) + S2·B, and e_l·gy_l·(H·C_l) per 4 columns; the
     //    column suffix sums of S3 (threads < Q, before their tiles).
     if (tid < QQ) {
-        float run = 0.f;
+        double run = 0.0;
         for (int l = QQ - 1; l > tid; l--) {
-            run += S3[l * LDQ + tid];
-            S3[l * LDQ + tid] = run;
+            run += (double)S3[l * LDQ + tid];
+            S3[l * LDQ + tid] = (float)run;
         }
     }
     for (int tile = tid; tile < TQ * TNC; tile += MB_T) {
@@ -408,14 +442,14 @@ extern "C" __global__ void __launch_bounds__(MB_T)
     __syncthreads();
 
     // 5. ⟨dH, H⟩ (this thread's part) while dH replaces H.
-    float hd = 0.f;
+    double hd = 0.0;
     for (int e = tid; e < P4 * N4; e += MB_T) {
         int p = e / N4, n = e % N4;
         float v = (p < PP && n < NN) ? dhsrc[p * NN + n] : 0.f;
-        hd = fmaf(v, Hs[p * LDN + n], hd);
+        hd += (double)v * (double)Hs[p * LDN + n];
         Hs[p * LDN + n] = v;
     }
-    hd = warp_sum(hd);
+    hd = warp_sum_d(hd);
     if (lane == 0) red[warp] = hd;
     __syncthreads();
 
@@ -478,11 +512,11 @@ extern "C" __global__ void __launch_bounds__(MB_T)
 
     // 8. Per token: the row sums of the partial products.
     if (tid < QQ) {
-        float u = 0.f, v = 0.f, w = 0.f;
-        for (int k = 0; k < TNC; k++) u += up[tid * TNC + k];
+        double u = 0.0, v = 0.0, w = 0.0;
+        for (int k = 0; k < TNC; k++) u += (double)up[tid * TNC + k];
         for (int k = 0; k < TPC; k++) {
-            v += vp[tid * TPC + k];
-            w += xp[tid * TPC + k];
+            v += (double)vp[tid * TPC + k];
+            w += (double)xp[tid * TPC + k];
         }
         ul[tid] = u;
         vl[tid] = v;
@@ -491,30 +525,30 @@ extern "C" __global__ void __launch_bounds__(MB_T)
     __syncthreads();
 
     // 9. da_t, ddt_t, and the chunk's parts of dA and dD.
-    float hdot = 0.f;
+    double hdot = 0.0;
     for (int w = 0; w < nwarps; w++) hdot += red[w];
-    float pa = 0.f;
+    double pa = 0.0;
     if (tid < q) {
         const int t = tid;
-        float rect = 0.f, suf = 0.f, pre = 0.f;
+        double rect = 0.0, suf = 0.0, pre = 0.0;
         for (int s = 0; s < t; s++) {
-            rect += S3[t * LDQ + s];
+            rect += (double)S3[t * LDQ + s];
             pre += vl[s];
         }
         for (int l = t; l < q; l++) suf += ul[l];
-        const float da = rect + suf + pre + el[q - 1] * hdot;
-        ddt[(row0 + t) * H + h] = fmaf(a, da, xd[t]);
-        pa = dts[t] * da;
+        const double da = rect + suf + pre + (double)el[q - 1] * hdot;
+        ddt[(row0 + t) * H + h] = (float)((double)a * da + xd[t]);
+        pa = (double)dts[t] * da;
     }
-    pa = warp_sum(pa);
-    dsum = warp_sum(dsum);
+    pa = warp_sum_d(pa);
+    dsum = warp_sum_d(dsum);
     if (lane == 0) {
         red[32 + warp] = pa;
         red[64 + warp] = dsum;
     }
     __syncthreads();
     if (tid == 0) {
-        float sa = 0.f, sd = 0.f;
+        double sa = 0.0, sd = 0.0;
         for (int w = 0; w < nwarps; w++) {
             sa += red[32 + w];
             sd += red[64 + w];
