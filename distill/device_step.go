@@ -88,6 +88,9 @@ func (ds *DeviceStudent) accumulate(smp DeviceSample, cfg LossConfig) (Losses, i
 			return ls, 0, fmt.Errorf("layer distance: unknown form %v", cfg.Distance)
 		}
 	}
+	if cfg.Beta != 0 && len(ds.MambaLayers()) == 0 {
+		return ls, 0, errors.New("β ≠ 0 but the student has no Mamba layer to compare with the teacher's")
+	}
 	needTeacher := cfg.Alpha != 0 || cfg.Beta != 0
 	if needTeacher && ds.teacher == nil {
 		return ls, 0, errors.New("the KL and layer terms need a teacher: load the student with one")
@@ -361,6 +364,14 @@ func (ds *DeviceStudent) update(samples int, lr, maxNorm float64, opt *optim.Ada
 	}
 	if math.IsNaN(lr) || math.IsInf(lr, 0) || lr < 0 {
 		return 0, fmt.Errorf("learning rate %g is not a non-negative finite number", lr)
+	}
+	if opt == nil {
+		return 0, errors.New("no optimiser settings")
+	}
+	finite := func(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+	if !(opt.Beta1 >= 0 && opt.Beta1 < 1) || !(opt.Beta2 >= 0 && opt.Beta2 < 1) || !finite(opt.Eps) || opt.Eps < 0 ||
+		!finite(opt.WeightDecay) || opt.WeightDecay < 0 {
+		return 0, fmt.Errorf("adamw settings betas (%g, %g), eps %g, weight decay %g are out of range", opt.Beta1, opt.Beta2, opt.Eps, opt.WeightDecay)
 	}
 	if err := ds.finishGrads(); err != nil {
 		return 0, err

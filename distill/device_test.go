@@ -650,6 +650,12 @@ func TestDeviceErrors(t *testing.T) {
 			t.Errorf("%s: %v, want an error containing %q", bad.name, err, bad.want)
 		}
 	}
+	llama := devCases(t)[2]
+	attnOnly := loadDevice(t, be, llama, DeviceOptions{})
+	ls := devSamples(t, llama.golden, attnOnly.ImageTokens(), attnOnly.sizes.vocab, newRand(1))[0]
+	if _, _, err := attnOnly.Accumulate(DeviceSample{IDs: ls.ids, Pixels: ls.pixels, Labels: ls.labels}, klL2CE); err == nil || !strings.Contains(err.Error(), "no Mamba layer") {
+		t.Errorf("a layer term without Mamba layers: %v", err)
+	}
 	noTeacher, err := LoadDeviceStudent(student, be, nil, DeviceOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -681,6 +687,9 @@ func TestDeviceErrors(t *testing.T) {
 	}
 	if !slices.Equal(before, download(t, be, noTeacher.Params()[0].Data)) {
 		t.Error("an update with an infinite gradient changed a parameter")
+	}
+	if _, err := noTeacher.Update(1, 1e-3, 1, &optim.AdamW{Beta1: 1.5, Beta2: 0.9}); err == nil || !strings.Contains(err.Error(), "betas") {
+		t.Errorf("betas out of range: %v", err)
 	}
 	if err := noTeacher.Close(); err != nil {
 		t.Fatal(err)
