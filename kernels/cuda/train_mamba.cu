@@ -274,46 +274,36 @@ extern "C" __global__ void k_gated_norm_bwd(float* dy, float* dz, double* part, 
 // state, st[c] holds Sloc_c and dst[c] dSloc_c on entry; on return st[c]
 // is H_c, the state entering chunk c (H_0 = 0, H_{c+1} = decay_c·H_c +
 // Sloc_c), and dst[c] is dH_{c+1}, the gradient of the state leaving it
-// (0 for the last chunk, dH_c = decay_c·dH_{c+1} + dSloc_c).
-// Loads come MB_PASS chunks at a time, ahead of the dependent chain.
+// (0 for the last chunk, dH_c = decay_c·dH_{c+1} + dSloc_c). Items
+// [0, total) run the first recurrence and [total, 2·total) the second, so
+// each thread's dependent chain is one walk over the chunks; loads come
+// MB_PASS chunks at a time, ahead of the chain.
 #define MB_PASS 8
 extern "C" __global__ void k_mamba_state_pass(float* __restrict__ st, float* __restrict__ dst, const float* __restrict__ decay, i64 total,
                                               int nc, int pn) {
-    MB_STRIDE(i, total) {
+    MB_STRIDE(i2, 2 * total) {
+        const bool fwd = i2 < total;
+        const i64 i = fwd ? i2 : i2 - total;
         const i64 bh = i / pn;
-        float* sp = st + bh * nc * pn + (i % pn);
-        float* dp = dst + bh * nc * pn + (i % pn);
+        float* sp = (fwd ? st : dst) + bh * nc * pn + (i % pn);
         const float* dec = decay + bh * nc;
-        float hc = 0.f;
-        for (int c0 = 0; c0 < nc; c0 += MB_PASS) {
+        float run = 0.f;
+        // Chunk k of the walk: c = k forward, nc − 1 − k backward.
+        for (int k0 = 0; k0 < nc; k0 += MB_PASS) {
             float v[MB_PASS], e[MB_PASS];
 #pragma unroll
             for (int k = 0; k < MB_PASS; k++)
-                if (c0 + k < nc) {
-                    v[k] = sp[(i64)(c0 + k) * pn];
-                    e[k] = dec[c0 + k];
+                if (k0 + k < nc) {
+                    const int c = fwd ? k0 + k : nc - 1 - k0 - k;
+                    v[k] = sp[(i64)c * pn];
+                    e[k] = dec[c];
                 }
 #pragma unroll
             for (int k = 0; k < MB_PASS; k++)
-                if (c0 + k < nc) {
-                    sp[(i64)(c0 + k) * pn] = hc;
-                    hc = fmaf(e[k], hc, v[k]);
-                }
-        }
-        float gc = 0.f;
-        for (int c1 = nc - 1; c1 >= 0; c1 -= MB_PASS) {
-            float v[MB_PASS], e[MB_PASS];
-#pragma unroll
-            for (int k = 0; k < MB_PASS; k++)
-                if (c1 - k >= 0) {
-                    v[k] = dp[(i64)(c1 - k) * pn];
-                    e[k] = dec[c1 - k];
-                }
-#pragma unroll
-            for (int k = 0; k < MB_PASS; k++)
-                if (c1 - k >= 0) {
-                    dp[(i64)(c1 - k) * pn] = gc;
-                    gc = fmaf(e[k], gc, v[k]);
+                if (k0 + k < nc) {
+                    const int c = fwd ? k0 + k : nc - 1 - k0 - k;
+                    sp[(i64)c * pn] = run;
+                    run = fmaf(e[k], run, v[k]);
                 }
         }
     }

@@ -467,7 +467,7 @@ func (be *Backend) scanBackward(what string, s *scanGrad, pl scanBwdPlan) error 
 	if err := stage("chunk states"); err != nil {
 		return err
 	}
-	if err := be.mambaLaunch1D(what, "k_mamba_state_pass", int64(nbh)*int64(pn), st, dst, decay, int64(nbh)*int64(pn), nc, pn); err != nil {
+	if err := be.mambaLaunch1D(what, "k_mamba_state_pass", 2*int64(nbh)*int64(pn), st, dst, decay, int64(nbh)*int64(pn), nc, pn); err != nil {
 		return err
 	}
 	if err := stage("state pass"); err != nil {
