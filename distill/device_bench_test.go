@@ -12,6 +12,7 @@ import (
 	"github.com/matsurgery/matsurgery/kernels"
 	"github.com/matsurgery/matsurgery/kernels/cpu"
 	"github.com/matsurgery/matsurgery/kernels/cuda"
+	"github.com/matsurgery/matsurgery/optim"
 )
 
 // flopSpy is the CPU backend summing the FLOPs of its matrix products.
@@ -184,5 +185,40 @@ func TestBenchStepCUDA(t *testing.T) {
 			f.Write(append(js, '\n'))
 			f.Close()
 		}
+	}
+}
+
+// The device update on the CPU backend against the host trainer's
+// (BenchmarkStudentStep's sizes: phi-tiny hybrid, 100 rows, the default
+// loss, dropout 0.1), teacher included in both: the device path's cost of
+// going through backend operations. f32 and bf16 precision.
+func BenchmarkDeviceUpdate(b *testing.B) {
+	c := devCase{name: "phi", teacher: "phi-tiny", student: "phi-tiny-h25", golden: "phi-h25", cfg: DefaultLoss()}
+	g := openGolden(b, c.golden)
+	pixels, ids := g.f32("pixel_values"), g.ids("input_ids")
+	rng := newRand(60)
+	for len(ids)+14 < 100 {
+		ids = append(ids, 1+rng.IntN(1000))
+	}
+	smp := DeviceSample{IDs: ids, Pixels: pixels}
+	for _, prec := range []string{PrecisionF32, PrecisionBF16} {
+		b.Run(prec, func(b *testing.B) {
+			ds := loadDevice(b, cpu.New(0), c, DeviceOptions{Precision: prec, Dropout: 0.1})
+			opt := optim.Recipe()
+			n := ds.SequenceLength(ids)
+			for i := 0; b.Loop(); i++ {
+				if err := ds.ZeroGrad(); err != nil {
+					b.Fatal(err)
+				}
+				smp.Dropout = &DropoutKey{Seed: 1, Step: i}
+				if _, _, err := ds.Accumulate(smp, c.cfg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := ds.Update(1, 1e-4, 1, opt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tokens/s")
+		})
 	}
 }

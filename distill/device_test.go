@@ -67,7 +67,7 @@ type devSample struct {
 	key    DropoutKey
 }
 
-func devSamples(t *testing.T, golden string, imageTokens, vocab int, rng *rand.Rand) []devSample {
+func devSamples(t testing.TB, golden string, imageTokens, vocab int, rng *rand.Rand) []devSample {
 	g := openGolden(t, golden)
 	pixels, all := g.f32("pixel_values"), g.ids("input_ids")
 	img := slices.Index(all, -200)
@@ -190,7 +190,7 @@ type deviceRun struct {
 	norm   float64
 }
 
-func loadDevice(t *testing.T, be kernels.Backend, c devCase, opts DeviceOptions) *DeviceStudent {
+func loadDevice(t testing.TB, be kernels.Backend, c devCase, opts DeviceOptions) *DeviceStudent {
 	t.Helper()
 	teacher, err := model.Load(filepath.Join(fixtures, c.teacher), be, model.Options{})
 	if err != nil {
