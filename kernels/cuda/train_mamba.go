@@ -257,12 +257,15 @@ type scanGrad struct {
 // nil, chunk) given dy (kernels.MambaGrad). x, B and C may be F32 or BF16
 // (widened exactly), dt, A and D F32 or BF16; dy and the gradients F32.
 //
-// Chunked, on the CUDA cores in float32 (train_mamba_scan.cu): pass 1
-// computes each chunk's own state and state-gradient contributions, a
-// pass between chunks turns them into the state entering and the gradient
-// leaving each chunk, and pass 2 computes every gradient of a chunk from
-// those two; every exponent is ≤ 0 and the decay's gradient is a sum of
-// positive-weight terms (no reverse cumulative sum). The gradient does not
+// Chunked, on the CUDA cores in float32, with the C·Bᵀ and gy·xᵀ dot
+// products and the decay gradient's sums in double (train_mamba_scan.cu
+// says why): pass 1 computes each chunk's own state and state-gradient
+// contributions, a pass between chunks turns them into the state entering
+// and the gradient leaving each chunk, and pass 2 computes every gradient
+// of a chunk from those two; every exponent is ≤ 0 and the decay's
+// gradient is a sum of positive-weight terms (no reverse cumulative sum).
+// Its temporaries are two float32 states a chunk and head (at batch 8 ×
+// 4096, 32 heads of 80×80, chunks of 64: 2 × 839 MB). The gradient does not
 // depend on chunk, only its rounding does: the backward works in tiles of
 // its own (64 tokens, fewer when shared memory is short), and chunk is
 // only checked. A group's dB and dC sum over its heads in head order; dA

@@ -1,6 +1,9 @@
 // train_mamba_scan.cu: the backward of the chunked Mamba-2 scan (SPEC §3)
-// on the CUDA cores, float32 arithmetic (x, B and C f32 or bf16, widened
-// exactly on load). Compiled per shape with -DMB_Q (tokens a chunk, a
+// on the CUDA cores (x, B and C f32 or bf16, widened exactly on load):
+// float32 products and sums, except the C·Bᵀ and gy·xᵀ dot products, the
+// chunk cumsums and the decay gradient's sums, which are in double (see
+// da_t below: dA cancels hundreds of times over at the training size).
+// Compiled per shape with -DMB_Q (tokens a chunk, a
 // multiple of 4 up to 64), -DMB_P (headdim), -DMB_N (d_state), -DMB_T
 // (threads of k_mamba_scan_bwd) and -DMB_T1 (threads of
 // k_mamba_chunk_states); scanBwdPlan in train_mamba.go chooses them and
@@ -29,8 +32,11 @@
 //        + e^{cs_last}·⟨dH, H⟩.
 // The first term is a sum over the rectangle l ≥ t > s of the strictly
 // lower triangle M[l][s]: suffix sums down each column, then a prefix sum
-// along row t; nothing is subtracted, so nothing cancels (the reverse
-// cumulative sum of the chunked form's cumsum gradient would).
+// along row t; nothing is subtracted (the reverse cumulative sum of the
+// chunked form's cumsum gradient would cancel). dA = Σ_t dt_t·da_t can
+// still be hundreds of times smaller than Σ_t |dt_t·da_t| (random dy,
+// 1428 tokens): with float32 dot products in M the H200 gave dA 1.8e-5
+// off; in double, 1.5e-6 on the CPU emulator (TestScanBackwardCancellingDA).
 //
 // Every reduction has a fixed order: results do not change run to run.
 
