@@ -6,6 +6,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"github.com/matsurgery/matsurgery/backends"
 	"github.com/matsurgery/matsurgery/dataset"
 	"github.com/matsurgery/matsurgery/distill"
 	"github.com/matsurgery/matsurgery/optim"
@@ -51,6 +52,10 @@ type DistillCmd struct {
 	OnBadRecord string `help:"A bad data record: skip it (counted) or stop." default:"skip" enum:"skip,stop"`
 	Workers     int    `help:"Goroutines per operation (0: every core)." default:"0"`
 	NoExport    bool   `help:"Do not write the distilled hybrid (final/)."`
+
+	Device    string `help:"Compute device: auto (the GPU when there is one, else the CPU trainer), cpu, cuda, cuda:N. On a GPU the whole update runs there, the teacher too." default:"auto"`
+	Precision string `help:"Matrix products on a GPU: bf16 (bf16 operands with f32 accumulation and f32 master weights, the reference's autocast; the default there) or f32. The CPU trainer computes in f32." enum:",bf16,f32" default:""`
+	Recompute bool   `help:"On a GPU, keep only each layer's input and recompute the layer in backward (less memory, same results)."`
 }
 
 func (c *DistillCmd) Run(g *Globals) error {
@@ -113,6 +118,12 @@ func (c *DistillCmd) Run(g *Globals) error {
 	if o.Loss.Alpha == 0 && o.Loss.Beta == 0 && c.Teacher != "" {
 		o.Teacher = "" // cross-entropy only: the teacher is not run
 	}
+	if err := c.pickDevice(g, &o); err != nil {
+		return err
+	}
+	if o.Backend != nil {
+		defer o.Backend.Close()
+	}
 	bar := g.stepBar()
 	o.OnStep = bar.step
 	res, err := distill.Train(g.ctx, o)
@@ -146,6 +157,49 @@ func (c *DistillCmd) Run(g *Globals) error {
 	if res.Interrupted {
 		fmt.Fprintf(g.stderr, "interrupted at step %d: continue with --resume\n", res.Steps)
 		return exitError{130}
+	}
+	return nil
+}
+
+// pickDevice sets the run's device: the host trainer for cpu, a device
+// student for cuda, and for auto the GPU when one opens (the host trainer
+// otherwise, and for --trainable all, which trains on the host only).
+func (c *DistillCmd) pickDevice(g *Globals, o *distill.TrainOptions) error {
+	dev := strings.ToLower(strings.TrimSpace(c.Device))
+	switch {
+	case dev == "cpu":
+		if c.Precision == "bf16" || c.Recompute {
+			return fmt.Errorf("--precision bf16 and --recompute need a GPU (--device cuda); the CPU trainer computes in f32")
+		}
+		return nil
+	case dev == "auto":
+		if o.TrainAll {
+			return nil
+		}
+		be, note, err := backends.Open("auto")
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(be.Name(), "cuda") {
+			be.Close()
+			if c.Precision == "bf16" || c.Recompute {
+				return fmt.Errorf("--precision bf16 and --recompute need a GPU, and none is usable (%s)", note)
+			}
+			if note != "" && !g.Quiet {
+				fmt.Fprintln(g.stderr, "note:", note)
+			}
+			return nil
+		}
+		o.Backend = be
+	default:
+		if o.TrainAll {
+			return fmt.Errorf("--trainable all runs on the CPU trainer only: leave --device at auto or cpu")
+		}
+		o.Device = c.Device
+	}
+	o.Precision, o.Recompute = c.Precision, c.Recompute
+	if o.Precision == "" {
+		o.Precision = distill.PrecisionBF16
 	}
 	return nil
 }

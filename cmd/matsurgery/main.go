@@ -37,6 +37,7 @@ type CLI struct {
 
 	Generate           GenerateCmd                  `cmd:"" help:"Answer a question about an image with a teacher or hybrid, streaming tokens."`
 	Bench              BenchCmd                     `cmd:"" help:"Measure prefill and decode tokens/s and peak memory at several context lengths."`
+	BenchDistill       BenchDistillCmd              `cmd:"" name:"bench-distill" help:"Measure whole distillation updates (tokens/s, peak memory, MFU), optionally beside PyTorch's."`
 	Inspect            InspectCmd                   `cmd:"" help:"Show what a checkpoint holds: family, sizes, parameters, dtypes, layer kinds, problems."`
 	Synth              SynthCmd                     `cmd:"" help:"Write a random-weight TinyLLaVA checkpoint of real shapes (for tests, demos, benchmarks)."`
 	Verify             VerifyCmd                    `cmd:"" help:"Prove a hybrid: linear-attention identity, chunked vs sequential scan, distance to softmax attention, integrity."`
