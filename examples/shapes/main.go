@@ -41,6 +41,7 @@ type config struct {
 	teachLR, distillLR      float64
 	seed                    uint64
 	workers                 int
+	device, precision       string
 }
 
 func main() {
@@ -59,6 +60,8 @@ func main() {
 	flag.Float64Var(&c.distillLR, "distill-lr", 2e-3, "distillation peak learning rate")
 	flag.Uint64Var(&c.seed, "seed", 1, "seed of the data, conversions and data order")
 	flag.IntVar(&c.workers, "workers", 0, "goroutines per operation (0: every core)")
+	flag.StringVar(&c.device, "device", "", "distil on this device (cuda, cuda:N; default: the CPU trainer); the teacher trains on the CPU")
+	flag.StringVar(&c.precision, "precision", "", "a device distillation's matrix products: f32 (default) or bf16")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -143,7 +146,7 @@ func run(ctx context.Context, c config) error {
 		return distill.Train(ctx, distill.TrainOptions{Teacher: teacher, Student: student, Data: trainData, Out: filepath.Join(dir, name),
 			Steps: c.distillSteps, Batch: 1, Accum: c.distilAcc, LR: c.distillLR,
 			Schedule: optim.ScheduleConfig{Kind: "wsd", DecayFraction: 0.2}, WarmupFraction: 0.1, Loss: loss,
-			Seed: c.seed, Workers: c.workers})
+			Seed: c.seed, Workers: c.workers, Device: c.device, Precision: c.precision})
 	}
 	klL2 := distill.DefaultLoss()
 	klL2CE := klL2
