@@ -58,7 +58,12 @@ func (ds *DeviceStudent) ZeroGrad() error {
 // losses and its sequence length. The step runs on the device; the loss
 // values are its only synchronisations with the host.
 func (ds *DeviceStudent) Accumulate(smp DeviceSample, cfg LossConfig) (Losses, int, error) {
-	ls, n, err := ds.accumulate(smp, cfg)
+	var ls Losses
+	var n int
+	err := kernels.RunPinned(ds.be, func() (err error) {
+		ls, n, err = ds.accumulate(smp, cfg)
+		return err
+	})
 	if err != nil {
 		return Losses{}, 0, fmt.Errorf("distill: device step: %w", err)
 	}
@@ -345,7 +350,11 @@ func (ds *DeviceStudent) Gradients() ([]kernels.Tensor, error) {
 // It returns the norm measured before clipping. A non-finite gradient is
 // an error that names its parameter, and then nothing is updated.
 func (ds *DeviceStudent) Update(samples int, lr, maxNorm float64, opt *optim.AdamW) (float64, error) {
-	norm, err := ds.update(samples, lr, maxNorm, opt)
+	var norm float64
+	err := kernels.RunPinned(ds.be, func() (err error) {
+		norm, err = ds.update(samples, lr, maxNorm, opt)
+		return err
+	})
 	if err != nil {
 		return norm, fmt.Errorf("distill: device update %d: %w", ds.adamSteps+1, err)
 	}

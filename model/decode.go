@@ -180,7 +180,11 @@ func (m *Model) Prefill(pixels []float32, ids []int) ([]float32, error) {
 	if err := m.alive(); err != nil {
 		return nil, err
 	}
-	logits, err := m.prefill(pixels, ids)
+	var logits []float32
+	err := kernels.RunPinned(m.be, func() (err error) {
+		logits, err = m.prefill(pixels, ids)
+		return err
+	})
 	if err != nil {
 		m.resetDecode()
 		return nil, fmt.Errorf("model: prefill: %w", err)
@@ -241,7 +245,11 @@ func (m *Model) Step(id int) ([]float32, error) {
 	if id < 0 || id >= m.sizes.vocab {
 		return nil, fmt.Errorf("model: step: token id %d is outside the vocabulary [0, %d)", id, m.sizes.vocab)
 	}
-	logits, err := m.step(st, id)
+	var logits []float32
+	err := kernels.RunPinned(m.be, func() (err error) {
+		logits, err = m.step(st, id)
+		return err
+	})
 	if err != nil {
 		// A failed step may have half-updated the caches.
 		m.resetDecode()

@@ -94,11 +94,15 @@ func (m *Model) ForwardHooked(pixels []float32, ids []int, hook LayerHook) (kern
 	if err := m.alive(); err != nil {
 		return nil, err
 	}
-	p, err := m.prepare(pixels, ids)
-	if err != nil {
-		return nil, fmt.Errorf("model: forward: %w", err)
-	}
-	logits, err := m.forwardStream(p, hook)
+	var logits kernels.Tensor
+	err := kernels.RunPinned(m.be, func() error {
+		p, err := m.prepare(pixels, ids)
+		if err != nil {
+			return err
+		}
+		logits, err = m.forwardStream(p, hook)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("model: forward: %w", err)
 	}

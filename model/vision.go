@@ -169,7 +169,11 @@ func (m *Model) ImageFeatures(pixels []float32) (kernels.Tensor, error) {
 	if err := m.alive(); err != nil {
 		return nil, err
 	}
-	t, err := m.imageFeatures(pixels)
+	var t kernels.Tensor
+	err := kernels.RunPinned(m.be, func() (err error) {
+		t, err = m.imageFeatures(pixels)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("model: image features: %w", err)
 	}

@@ -52,6 +52,9 @@ type Backend struct {
 	live    map[*Tensor]struct{}
 
 	inUse, peak atomic.Int64 // bytes of live tensors, and the most at any time
+
+	tid  atomic.Int64 // the owner's OS thread (0 until it starts)
+	prof *profile     // MATSURGERY_CUDA_PROFILE's account, or nil
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -64,7 +67,7 @@ func New(deviceIndex int) (kernels.Backend, error) {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	be := &Backend{drv: libs.drv, rtc: libs.rtc, blas: libs.blas, ordinal: deviceIndex,
-		jobs: make(chan func()), modules: map[string]*module{}, live: map[*Tensor]struct{}{}}
+		jobs: make(chan func()), modules: map[string]*module{}, live: map[*Tensor]struct{}{}, prof: newProfile()}
 	started := make(chan error)
 	go be.owner(started)
 	if err := <-started; err != nil {
@@ -77,6 +80,7 @@ func New(deviceIndex int) (kernels.Backend, error) {
 func (be *Backend) owner(started chan<- error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	be.tid.Store(threadID())
 	if err := be.setup(); err != nil {
 		be.teardown()
 		started <- err
@@ -170,21 +174,23 @@ func (be *Backend) teardown() {
 	}
 }
 
-// do runs f on the owner goroutine and returns its error. A panic in f
-// (a bug) comes back as an error rather than killing the owner.
-func (be *Backend) do(what string, f func() error) (err error) {
+// do runs f on the owner goroutine and returns its error: directly when
+// the caller is the owner (inside Pinned, or an operation's own closure),
+// else handed over and waited for. A panic in f (a bug) comes back as an
+// error rather than killing the owner.
+func (be *Backend) do(what string, f func() error) error {
 	if be.closed.Load() {
 		return fmt.Errorf("cuda %s: backend is closed", what)
 	}
-	done := make(chan error, 1)
-	be.jobs <- func() {
-		defer func() {
-			if r := recover(); r != nil {
-				done <- fmt.Errorf("cuda %s: internal error: %v", what, r)
-			}
-		}()
-		done <- f()
+	if be.prof != nil && what != pinnedOp && what != "close" {
+		inner := f
+		f = func() error { return be.prof.time(be, what, inner) }
 	}
+	if be.onOwner() {
+		return runJob(what, f)
+	}
+	done := make(chan error, 1)
+	be.jobs <- func() { done <- runJob(what, f) }
 	return <-done
 }
 
@@ -196,6 +202,9 @@ func (be *Backend) Name() string { return fmt.Sprintf("cuda:%d (%s)", be.ordinal
 func (be *Backend) Close() error {
 	if be.closed.Load() {
 		return nil
+	}
+	if be.prof != nil {
+		be.prof.report(be)
 	}
 	err := be.do("close", func() error {
 		err := be.drv.syncStream(be.stream)
