@@ -10,7 +10,8 @@
 #    update (testdata/gen/bench_distill_torch.py) and `matsurgery bench-distill`
 #    side by side in the same run, one table with the ratios;
 # 3. the shapes example distilled on the GPU (its accuracy against the CPU's).
-# Usage: bench/gpu_train.sh OUTDIR   (WORK: checkpoints, default /tmp/ms)
+# Usage: bench/gpu_train.sh OUTDIR   (WORK: checkpoints, default /tmp/ms; TESTS=0,
+# KERNEL_BENCH=0, SHAPES=0 skip parts; STEPS, CONFIGS, *_TIMEOUT tune the rest)
 set -uo pipefail
 out=${1:-/tmp/gpu-train}; mkdir -p "$out"
 m=$PWD/bin/matsurgery
@@ -18,6 +19,7 @@ w=${WORK:-/tmp/ms}; mkdir -p "$w"
 log() { echo "== $(date -u '+%F %T') $*"; }
 log "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1); $(nproc) cores"
 for spec in "kernels/cuda:cuda" "model:model" "distill:distill"; do
+  [[ ${TESTS:-1} != 0 ]] || break
   IFS=: read -r dir bin <<<"$spec"
   [[ -x bin/$bin.test ]] || continue
   run=.; [[ $bin != cuda ]] && run=CUDA
@@ -38,7 +40,7 @@ log "PyTorch twin of one update"
 PYTHONUNBUFFERED=1 timeout "${TORCH_TIMEOUT:-240}" python3 testdata/gen/bench_distill_torch.py --variants "${TORCH_VARIANTS:-ours}" --steps 5 \
   > "$out/torch.jsonl" 2> "$out/torch.log"; echo "   rc $?"; grep -E '"summary"' "$out/torch.jsonl"; grep -iE 'error|Traceback' "$out/torch.log" | head -n 5
 log "matsurgery bench-distill"
-timeout "${BENCH_TIMEOUT:-200}" $m bench-distill --device cuda --configs "${CONFIGS:-bf16,f32,bf16+recompute}" --steps 5 \
+timeout "${BENCH_TIMEOUT:-200}" $m bench-distill --device cuda --configs "${CONFIGS:-bf16,f32,bf16+recompute}" --steps "${STEPS:-5}" \
   --torch "$out/torch.jsonl" "$w/teacher" "$w/h25" 2>&1 | tee "$out/bench_distill.txt"
 if [[ -x bin/shapes && ${SHAPES:-1} != 0 ]]; then
   log "shapes example, distilled on the GPU"

@@ -130,8 +130,12 @@ func (m *Model) attention(l *decoderLayer, p *seqPlan, st *decodeState) error {
 		return fmt.Errorf("rope k: %w", err)
 	}
 	scale := float32(1 / math.Sqrt(float64(s.headDim)))
+	qa, ka, va, err := m.mm.attentionOperands(ap.q, ap.k, ap.v)
+	if err != nil {
+		return err
+	}
 	if st == nil || pos == 0 {
-		if err := be.SoftmaxAttention(ap.out, ap.q, ap.k, ap.v, scale, true); err != nil {
+		if err := be.SoftmaxAttention(ap.out, qa, ka, va, scale, true); err != nil {
 			return err
 		}
 		if st != nil {

@@ -167,6 +167,11 @@ func Load(dir string, be kernels.Backend, opts Options) (*Model, error) {
 			return nil, fmt.Errorf("model: load %s: probe the scans for bf16 inputs: %w", dir, err)
 		}
 	}
+	if m.mm.bf16 {
+		if m.mm.attnBF16, err = attentionTakesBF16(be); err != nil {
+			return nil, fmt.Errorf("model: load %s: probe attention for bf16 inputs: %w", dir, err)
+		}
+	}
 	if rc, ok := be.(kernels.RowCopier); ok {
 		m.rows = &rowMover{be: be, native: rc}
 	} else {

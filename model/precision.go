@@ -50,13 +50,18 @@ type products struct {
 	// (the CPU backend) the rounded values are widened back to float32,
 	// which gives the scan the same inputs.
 	scanBF16 bool
+	// attnBF16: the backend's SoftmaxAttention takes BF16 q, k and v (the
+	// CUDA backend: flash-attention's operand precision). In bf16 they
+	// are then rounded first; otherwise attention stays float32.
+	attnBF16 bool
 	copies   map[shapeKey]kernels.Tensor
 }
 
-// shapeKey is a tensor shape of rank ≤ 4 as a map key.
+// shapeKey is a tensor shape of rank ≤ 4 as a map key, with a slot for
+// operands of one shape that must coexist (attention's q, k and v).
 type shapeKey struct {
-	rank int
-	dims [4]int
+	rank, slot int
+	dims       [4]int
 }
 
 func keyOf(shape []int) (shapeKey, bool) {
@@ -93,9 +98,35 @@ func (pr *products) matmulT(out, x, w kernels.Tensor) error {
 }
 
 // rounded returns x rounded to bf16 in the copy kept for x's shape.
-func (pr *products) rounded(x kernels.Tensor) (kernels.Tensor, error) {
+func (pr *products) rounded(x kernels.Tensor) (kernels.Tensor, error) { return pr.roundedIn(x, 0) }
+
+// attentionOperands prepares attention's q, k and v: in bf16, when the
+// backend's attention takes BF16 operands, each is rounded to bf16 (a copy
+// of its own) and its float32 values are replaced by the rounded ones, so
+// that the decode caches hold, and a decode step reads, what the prompt's
+// attention read; the bf16 copies are returned for SoftmaxAttention.
+// Otherwise q, k and v come back untouched.
+func (pr *products) attentionOperands(q, k, v kernels.Tensor) (qa, ka, va kernels.Tensor, err error) {
+	if !pr.bf16 || !pr.attnBF16 {
+		return q, k, v, nil
+	}
+	var ops [3]kernels.Tensor
+	for i, t := range []kernels.Tensor{q, k, v} {
+		if ops[i], err = pr.roundedIn(t, 1+i); err != nil {
+			return nil, nil, nil, err
+		}
+		if err := pr.be.Convert(t, ops[i]); err != nil {
+			return nil, nil, nil, fmt.Errorf("widen rounded attention operand: %w", err)
+		}
+	}
+	return ops[0], ops[1], ops[2], nil
+}
+
+// roundedIn is rounded with the copy of x's shape in the given slot.
+func (pr *products) roundedIn(x kernels.Tensor, slot int) (kernels.Tensor, error) {
 	shape := x.Shape()
 	k, ok := keyOf(shape)
+	k.slot = slot
 	if !ok {
 		return nil, fmt.Errorf("round activation %v to bf16: rank above 4", shape)
 	}
@@ -149,6 +180,30 @@ func (pr *products) scanInputs(x, B, C, xb, bb, cb kernels.Tensor) (kernels.Tens
 		return xb, bb, cb, nil
 	}
 	return x, B, C, nil
+}
+
+// attentionTakesBF16 reports whether be's SoftmaxAttention accepts BF16
+// q, k and v (the kernels.Backend contract asks only for F32).
+func attentionTakesBF16(be kernels.Backend) (bool, error) {
+	const p = 16
+	ones := make([]float32, p)
+	for i := range ones {
+		ones[i] = 0.5
+	}
+	x, err := be.Upload(ones, kernels.BF16, 1, 1, 1, p)
+	if err != nil {
+		return false, err
+	}
+	defer be.Free(x)
+	y, err := be.Alloc(kernels.F32, 1, 1, 1, p)
+	if err != nil {
+		return false, err
+	}
+	defer be.Free(y)
+	if be.SoftmaxAttention(y, x, x, x, 1, true) != nil {
+		return false, nil
+	}
+	return true, be.Sync()
 }
 
 // scansTakeBF16 reports whether be's SSDChunkScan and SSDRecurrence accept

@@ -44,7 +44,7 @@ func attnRows(l, hkv, bytesPerScore int) int {
 // without a causal mask as many as fit; with one, about l/8 (rounded up
 // to 64), the setting its benchmark measured (BenchmarkSoftmaxAttention-
 // ForwardPaths).
-func attnForwardRows(l, hkv int, causal bool) int {
+func attnForwardRows(l, hkv int, causal bool, bytesPerScore int) int {
 	rows := l
 	if causal {
 		rows = max(64, (l/8+63)/64*64)
@@ -52,7 +52,7 @@ func attnForwardRows(l, hkv int, causal bool) int {
 	if attnBlockRows > 0 {
 		rows = attnBlockRows
 	}
-	return max(1, min(rows, attnFit(l, hkv, 4), l))
+	return max(1, min(rows, attnFit(l, hkv, bytesPerScore), l))
 }
 
 // attnFit is how many query rows of scoreLD(l) keys for hkv kv heads fit
@@ -284,27 +284,41 @@ const attnGEMMMinLen = 512
 func useAttentionGEMM(s *scan, causal bool) bool { return causal && s.l >= attnGEMMMinLen }
 
 // softmaxAttentionGEMM is SoftmaxAttention by the same blocked products:
-// S = Q·Kᵀ, P = softmax(scale·S) in place, out = P·V, in float32 (BF16
-// operands widened first), for long sequences where the products beat
-// the flash kernel. Owner goroutine only; s is checked.
+// S = Q·Kᵀ, P = softmax(scale·S), out = P·V, for long sequences where the
+// products beat the flash kernel. With q, k and v all BF16 the products
+// take bf16 operands on the tensor cores (P rounded to bf16, as
+// flash-attention does; scores, softmax and out in float32); otherwise
+// everything is float32 (a BF16 operand widened first). Owner goroutine
+// only; s is checked.
 func (be *Backend) softmaxAttentionGEMM(what string, s *scan, scale float32, causal bool) error {
 	a := &attnBlock{be: be, what: what, q: s.C, k: s.B, v: s.x, out: s.y, nb: s.nb, l: s.l, h: s.h, hkv: s.hb, p: s.p,
 		rep: s.h / s.hb, scale: scale, causal: causal, dtype: cudaR32F}
-	for _, pp := range []**Tensor{&a.q, &a.k, &a.v} {
-		w, free, err := be.widenedF32(what, *pp)
-		if err != nil {
-			return err
+	bytesPerScore := 4
+	if a.q.dtype == kernels.BF16 && a.k.dtype == kernels.BF16 && a.v.dtype == kernels.BF16 {
+		a.dtype, bytesPerScore = cudaR16BF, 6
+	} else {
+		for _, pp := range []**Tensor{&a.q, &a.k, &a.v} {
+			w, free, err := be.widenedF32(what, *pp)
+			if err != nil {
+				return err
+			}
+			defer free()
+			*pp = w
 		}
-		defer free()
-		*pp = w
 	}
-	bq := attnForwardRows(a.l, a.hkv, causal)
-	buf, err := be.drv.alloc(uint64(4*a.hkv*bq*scoreLD(a.l)), be.stream)
+	bq := attnForwardRows(a.l, a.hkv, causal, bytesPerScore)
+	scores := a.hkv * bq * scoreLD(a.l)
+	buf, err := be.drv.alloc(uint64(scores*bytesPerScore), be.stream)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = be.drv.free(buf, be.stream) }()
 	a.sBuf = buf
+	P := a.sBuf
+	if a.dtype == cudaR16BF {
+		a.pbBuf = buf + uint64(4*scores)
+		P = a.pbBuf
+	}
 	for bi := range a.nb {
 		K, V := a.kvMat(a.k, bi), a.kvMat(a.v, bi)
 		for i0 := 0; i0 < a.l; i0 += bq {
@@ -322,7 +336,8 @@ func (be *Backend) softmaxAttentionGEMM(what string, s *scan, scale float32, cau
 				if err := a.softmaxRows(bi, i0, rows, lk, j, nil, nil); err != nil {
 					return err
 				}
-				if err := a.gemm(false, false, rows, a.p, lk, 1, sc, V, 0, a.qMat(a.out, bi, i0, j)); err != nil {
+				pm := mat{ptr: P, ld: ld, stride: sc.stride}
+				if err := a.gemm(false, false, rows, a.p, lk, 1, pm, V, 0, a.qMat(a.out, bi, i0, j)); err != nil {
 					return err
 				}
 			}
