@@ -13,10 +13,12 @@ import (
 
 // AttentionRow is the time of one layer's causal softmax attention forward
 // alone at one context: the Backend.SoftmaxAttention call an attention
-// layer's prefill makes, on float32 q, k and v of the model's shapes.
+// layer's prefill makes, on q, k and v of the model's shapes — float32, or
+// BF16 when the model runs in bf16 and the backend's attention takes BF16
+// operands (as the model then calls it).
 type AttentionRow struct {
 	Context int `json:"context"`
-	// Seconds is one call's time (after a warm-up call on 16 tokens).
+	// Seconds is one call's time (after a warm-up call at the context).
 	Seconds float64 `json:"seconds_per_layer"`
 	// Layers is how many attention layers the model has: Layers·Seconds is
 	// the attention's share of a prefill.
@@ -34,6 +36,10 @@ func Attention(m *model.Model, ctxs []int, seed uint64) ([]AttentionRow, error) 
 	be := m.Backend()
 	r := rand.New(rand.NewPCG(seed, 29))
 	scale := float32(1 / math.Sqrt(float64(P)))
+	dt := kernels.F32
+	if m.Precision() == model.PrecisionBF16 {
+		dt = kernels.BF16
+	}
 	call := func(n int) (float64, error) {
 		var owned []kernels.Tensor
 		defer func() {
@@ -46,7 +52,7 @@ func Attention(m *model.Model, ctxs []int, seed uint64) ([]AttentionRow, error) 
 			for i := range v {
 				v[i] = float32(r.NormFloat64())
 			}
-			x, err := be.Upload(v, kernels.F32, 1, n, heads, P)
+			x, err := be.Upload(v, dt, 1, n, heads, P)
 			if err == nil {
 				owned = append(owned, x)
 			}
@@ -72,6 +78,13 @@ func Attention(m *model.Model, ctxs []int, seed uint64) ([]AttentionRow, error) 
 		if err := be.Sync(); err != nil {
 			return 0, err
 		}
+		// The first call compiles and sizes what this length needs.
+		if err := be.SoftmaxAttention(out, q, k, v, scale, true); err != nil {
+			return 0, err
+		}
+		if err := be.Sync(); err != nil {
+			return 0, err
+		}
 		t0 := time.Now()
 		if err := be.SoftmaxAttention(out, q, k, v, scale, true); err != nil {
 			return 0, err
@@ -81,7 +94,12 @@ func Attention(m *model.Model, ctxs []int, seed uint64) ([]AttentionRow, error) 
 		}
 		return time.Since(t0).Seconds(), nil
 	}
-	if _, err := call(16); err != nil {
+	_, err := call(16)
+	if err != nil && dt == kernels.BF16 {
+		dt = kernels.F32 // the backend's attention takes float32 operands only
+		_, err = call(16)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bench: attention warm-up: %w", err)
 	}
 	ns := slices.Clone(ctxs)

@@ -56,8 +56,10 @@ type Row struct {
 }
 
 // Run measures each context in turn: a prefill of random token ids, then
-// greedy decode steps. A short prefill and two decode steps come first as
-// a warm-up (kernels compiled, buffers made).
+// greedy decode steps. A prefill of the shortest context (at most 1024
+// tokens, so that long-sequence code paths are reached) and two decode
+// steps come first as a warm-up (kernels compiled, library heuristics and
+// buffers made).
 func Run(m *model.Model, o Options) ([]Row, error) {
 	if o.DecodeTokens <= 0 {
 		o.DecodeTokens = 32
@@ -71,6 +73,9 @@ func Run(m *model.Model, o Options) ([]Row, error) {
 	contexts := slices.Clone(o.Contexts)
 	slices.Sort(contexts)
 	contexts = slices.Compact(contexts)
+	if len(contexts) == 0 {
+		return nil, fmt.Errorf("bench: no context lengths")
+	}
 	for _, n := range contexts {
 		if n <= 0 {
 			return nil, fmt.Errorf("bench: context %d", n)
@@ -85,7 +90,7 @@ func Run(m *model.Model, o Options) ([]Row, error) {
 		return v
 	}
 	be := m.Backend()
-	warm, err := m.Prefill(nil, ids(8))
+	warm, err := m.Prefill(nil, ids(min(contexts[0], 1024)))
 	if err != nil {
 		return nil, fmt.Errorf("bench: warm-up prefill: %w", err)
 	}
