@@ -169,7 +169,7 @@ func (be *Backend) elementwiseGrad(op string, dx, dy, x kernels.Tensor, deriv fu
 
 // siluGrad is σ(x)·(1 + x·(1 − σ(x))).
 func siluGrad(x float64) float64 {
-	s := 1 / (1 + math.Exp(-x))
+	s := logistic(x)
 	return s * (1 + x*(1-s))
 }
 

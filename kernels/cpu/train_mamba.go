@@ -21,12 +21,6 @@ var _ kernels.MambaGrad = (*Backend)(nil)
 // logistic is σ(x) = 1/(1 + e⁻ˣ) in float64; it is 0 where e⁻ˣ overflows.
 func logistic(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
-// siluDerivative is SiLU's derivative σ(x)·(1 + x·(1 − σ(x))).
-func siluDerivative(x float64) float64 {
-	s := logistic(x)
-	return s * (1 + x*(1-s))
-}
-
 // addFloat64Sums adds the float64 sums into the float32 gradient acc (each
 // element rounded once).
 func addFloat64Sums(acc []float32, sums []float64) {
@@ -168,7 +162,7 @@ func (be *Backend) CausalConv1dBackward(du, dweight, dbias, dout, u, weight, bia
 				for ch, g := range row(gout.f32, t) {
 					dp := float64(g)
 					if silu {
-						dp *= siluDerivative(pre[ch])
+						dp *= siluGrad(pre[ch])
 					}
 					slot[ch] = dp
 					dbAcc[ch] += dp
