@@ -157,22 +157,28 @@ func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, 
 // x[b,l,h,p] by position pos0+t in the rotate-half form. Angles
 // (pos0+t)·theta^(−2i/rotaryDim) and their sines and cosines are float64.
 func (be *Backend) RoPE(x kernels.Tensor, rotaryDim int, theta float64, pos0 int) error {
-	xt, err := be.f32Tensor(x, "rope x")
+	return be.rope("rope", x, rotaryDim, theta, pos0, 1)
+}
+
+// rope rotates by sign·angle: 1 is RoPE, −1 RoPEInverse (the sines
+// negated, which is exact). what names the operation in errors.
+func (be *Backend) rope(what string, x kernels.Tensor, rotaryDim int, theta float64, pos0 int, sign float64) error {
+	xt, err := be.f32Tensor(x, what+" x")
 	if err != nil {
 		return err
 	}
 	if len(xt.shape) != 4 {
-		return fmt.Errorf("rope: x must be [batch, seqlen, heads, headdim], got %v", xt.shape)
+		return fmt.Errorf("%s: x must be [batch, seqlen, heads, headdim], got %v", what, xt.shape)
 	}
 	l, H, p := xt.shape[1], xt.shape[2], xt.shape[3]
 	if rotaryDim <= 0 || rotaryDim%2 != 0 || rotaryDim > p {
-		return fmt.Errorf("rope: rotary dim %d must be even and in (0, %d]", rotaryDim, p)
+		return fmt.Errorf("%s: rotary dim %d must be even and in (0, %d]", what, rotaryDim, p)
 	}
 	if !(theta > 0) || math.IsInf(theta, 0) {
-		return fmt.Errorf("rope: theta %g must be a positive number", theta)
+		return fmt.Errorf("%s: theta %g must be a positive number", what, theta)
 	}
 	if pos0 < 0 {
-		return fmt.Errorf("rope: start position %d is negative", pos0)
+		return fmt.Errorf("%s: start position %d is negative", what, pos0)
 	}
 	half := rotaryDim / 2
 	invFreq := make([]float64, half)
@@ -186,6 +192,7 @@ func (be *Backend) RoPE(x kernels.Tensor, rotaryDim int, theta float64, pos0 int
 			pos := float64(pos0 + r%l)
 			for i, f := range invFreq {
 				sin[i], cos[i] = math.Sincos(pos * f)
+				sin[i] *= sign
 			}
 			for h := range H {
 				v := xt.f32[(r*H+h)*p:][:rotaryDim]

@@ -492,47 +492,7 @@ func (be *Backend) SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out kerne
 // x[b,l,h,p] by the negative of RoPE's angles (same arguments, same
 // float64 angles and sines): it undoes RoPE and is RoPE's backward.
 func (be *Backend) RoPEInverse(x kernels.Tensor, rotaryDim int, theta float64, pos0 int) error {
-	xt, err := be.f32Tensor(x, "ropeinverse x")
-	if err != nil {
-		return err
-	}
-	if len(xt.shape) != 4 {
-		return fmt.Errorf("ropeinverse: x must be [batch, seqlen, heads, headdim], got %v", xt.shape)
-	}
-	l, H, p := xt.shape[1], xt.shape[2], xt.shape[3]
-	if rotaryDim <= 0 || rotaryDim%2 != 0 || rotaryDim > p {
-		return fmt.Errorf("ropeinverse: rotary dim %d must be even and in (0, %d]", rotaryDim, p)
-	}
-	if !(theta > 0) || math.IsInf(theta, 0) {
-		return fmt.Errorf("ropeinverse: theta %g must be a positive number", theta)
-	}
-	if pos0 < 0 {
-		return fmt.Errorf("ropeinverse: start position %d is negative", pos0)
-	}
-	half := rotaryDim / 2
-	invFreq := make([]float64, half)
-	for i := range half {
-		invFreq[i] = math.Pow(theta, -2*float64(i)/float64(rotaryDim))
-	}
-	rows := xt.Len() / (H * p)
-	be.parallelFor(rows, max(1, 4096/(H*p)), func(lo, hi int) {
-		cos, sin := make([]float64, half), make([]float64, half)
-		for r := lo; r < hi; r++ {
-			pos := float64(pos0 + r%l)
-			for i, f := range invFreq {
-				sin[i], cos[i] = math.Sincos(pos * f)
-			}
-			for h := range H {
-				v := xt.f32[(r*H+h)*p:][:rotaryDim]
-				for i := range half {
-					x1, x2 := float64(v[i]), float64(v[i+half])
-					v[i] = float32(x1*cos[i] + x2*sin[i])
-					v[i+half] = float32(x2*cos[i] - x1*sin[i])
-				}
-			}
-		}
-	})
-	return nil
+	return be.rope("ropeinverse", x, rotaryDim, theta, pos0, -1)
 }
 
 // SumHeads writes out[rows, srcHeads·dim], head s the float64 sum of the

@@ -365,6 +365,16 @@ func (be *Backend) CausalConv1d(out, u, weight, bias kernels.Tensor, silu bool) 
 // cosines in double.
 func (be *Backend) RoPE(x kernels.Tensor, rotaryDim int, theta float64, pos0 int) error {
 	o := be.ops("rope")
+	xt := ropeOperand(o, x, rotaryDim, theta, pos0)
+	return o.run(func() error {
+		l, H, p := xt.shape[1], xt.shape[2], xt.shape[3]
+		pairs := int64(xt.n / p * (rotaryDim / 2))
+		return be.elementwise("rope", "k_rope", pairs, xt, xt.bf(), pairs, l, H, p, rotaryDim, theta, pos0)
+	})
+}
+
+// ropeOperand checks RoPE's (and RoPEInverse's) arguments and loads x.
+func ropeOperand(o *ops, x kernels.Tensor, rotaryDim int, theta float64, pos0 int) *Tensor {
 	xt := o.t(x, "x")
 	if o.err == nil {
 		switch {
@@ -378,11 +388,7 @@ func (be *Backend) RoPE(x kernels.Tensor, rotaryDim int, theta float64, pos0 int
 			o.fail("start position %d is negative", pos0)
 		}
 	}
-	return o.run(func() error {
-		l, H, p := xt.shape[1], xt.shape[2], xt.shape[3]
-		pairs := int64(xt.n / p * (rotaryDim / 2))
-		return be.elementwise("rope", "k_rope", pairs, xt, xt.bf(), pairs, l, H, p, rotaryDim, theta, pos0)
-	})
+	return xt
 }
 
 // MatMul computes out[m,n] = a[m,k]·bᵀ (transB, b [n,k]) or a·b (b [k,n])

@@ -1,8 +1,6 @@
 package cuda
 
 import (
-	"math"
-
 	"github.com/matsurgery/matsurgery/kernels"
 )
 
@@ -217,19 +215,7 @@ func (be *Backend) RMSNormBackward(dx, dy, x, weight kernels.Tensor, eps float32
 // RoPE undone, and RoPE's backward on a gradient.
 func (be *Backend) RoPEInverse(x kernels.Tensor, rotaryDim int, theta float64, pos0 int) error {
 	o := be.ops("ropeinverse")
-	xt := o.t(x, "x")
-	if o.err == nil {
-		switch {
-		case len(xt.shape) != 4:
-			o.fail("x must be [batch, seqlen, heads, headdim], got %v", xt.shape)
-		case rotaryDim <= 0 || rotaryDim%2 != 0 || rotaryDim > xt.shape[3]:
-			o.fail("rotary dim %d must be even and in (0, %d]", rotaryDim, xt.shape[3])
-		case !(theta > 0) || math.IsInf(theta, 0):
-			o.fail("theta %g must be a positive number", theta)
-		case pos0 < 0:
-			o.fail("start position %d is negative", pos0)
-		}
-	}
+	xt := ropeOperand(o, x, rotaryDim, theta, pos0)
 	return o.run(func() error {
 		l, H, p := xt.shape[1], xt.shape[2], xt.shape[3]
 		pairs := int64(xt.n / p * (rotaryDim / 2))
