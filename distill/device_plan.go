@@ -2,60 +2,13 @@ package distill
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/matsurgery/matsurgery/kernels"
 )
 
-// devArena allocates a group of tensors and frees them together. Its first
-// error sticks: later allocations return nil, so a plan is built in
-// straight-line code and checked once.
-type devArena struct {
-	be    kernels.Backend
-	owned []kernels.Tensor
-	bytes int64
-	err   error
-}
-
-func (a *devArena) allocType(dt kernels.DType, shape ...int) kernels.Tensor {
-	if a.err != nil {
-		return nil
-	}
-	t, err := a.be.Alloc(dt, shape...)
-	if err != nil {
-		a.err = fmt.Errorf("allocate %v activation %v: %w", dt, shape, err)
-		return nil
-	}
-	a.owned = append(a.owned, t)
-	a.bytes += int64(t.Len() * dt.Size())
-	return t
-}
-
-// alloc returns a new F32 tensor (contents undefined).
-func (a *devArena) alloc(shape ...int) kernels.Tensor { return a.allocType(kernels.F32, shape...) }
-
-// view returns t reshaped (sharing storage), t itself when already shaped so.
-func (a *devArena) view(t kernels.Tensor, shape ...int) kernels.Tensor {
-	if a.err != nil {
-		return nil
-	}
-	if slices.Equal(t.Shape(), shape) {
-		return t
-	}
-	v, err := a.be.Reshape(t, shape...)
-	if err != nil {
-		a.err = fmt.Errorf("view %v as %v: %w", t.Shape(), shape, err)
-		return nil
-	}
-	return v
-}
-
-func (a *devArena) free() {
-	for _, t := range a.owned {
-		a.be.Free(t)
-	}
-	a.owned, a.bytes = nil, 0
-}
+// devArena is a group of device tensors allocated and freed together
+// (kernels.Arena).
+type devArena = kernels.Arena
 
 // layerSaved is what one decoder layer's backward reads from its forward:
 // the attention's q and k (after RoPE), v and output; the mixer's in_proj
@@ -181,31 +134,31 @@ func (ds *DeviceStudent) planFor(n, images int, branch bool) (*devPlan, error) {
 }
 
 func (p *devPlan) free() {
-	p.ar.free()
+	p.ar.Free()
 	p.low = nil
 }
 
 // Bytes is the device memory the plan holds.
-func (p *devPlan) Bytes() int64 { return p.ar.bytes }
+func (p *devPlan) Bytes() int64 { return p.ar.Bytes() }
 
 func (ds *DeviceStudent) newSaved(a *devArena, n int, attention bool) *layerSaved {
 	s := ds.sizes
 	sv := &layerSaved{}
 	if attention {
-		sv.q, sv.k, sv.v, sv.att = a.alloc(1, n, s.dq()), a.alloc(1, n, s.dkv()), a.alloc(1, n, s.dkv()), a.alloc(1, n, s.dq())
-		sv.q4, sv.att4 = a.view(sv.q, 1, n, s.heads, s.headDim), a.view(sv.att, 1, n, s.heads, s.headDim)
-		sv.k4, sv.v4 = a.view(sv.k, 1, n, s.kvHeads, s.headDim), a.view(sv.v, 1, n, s.kvHeads, s.headDim)
+		sv.q, sv.k, sv.v, sv.att = a.Alloc(1, n, s.dq()), a.Alloc(1, n, s.dkv()), a.Alloc(1, n, s.dkv()), a.Alloc(1, n, s.dq())
+		sv.q4, sv.att4 = a.View(sv.q, 1, n, s.heads, s.headDim), a.View(sv.att, 1, n, s.heads, s.headDim)
+		sv.k4, sv.v4 = a.View(sv.k, 1, n, s.kvHeads, s.headDim), a.View(sv.v, 1, n, s.kvHeads, s.headDim)
 	} else {
 		c, _ := ds.mixerConfig()
-		sv.proj, sv.xBCc = a.alloc(1, n, c.DProj()), a.alloc(1, n, c.ConvDim())
-		sv.y4 = a.alloc(1, n, c.NHeads, c.HeadDim)
-		sv.yFlat = a.view(sv.y4, 1, n, c.DInner())
+		sv.proj, sv.xBCc = a.Alloc(1, n, c.DProj()), a.Alloc(1, n, c.ConvDim())
+		sv.y4 = a.Alloc(1, n, c.NHeads, c.HeadDim)
+		sv.yFlat = a.View(sv.y4, 1, n, c.DInner())
 	}
 	if s.gated {
-		sv.up = a.alloc(1, n, 2*s.inter)
-		sv.mid = a.alloc(1, n, s.d)
+		sv.up = a.Alloc(1, n, 2*s.inter)
+		sv.mid = a.Alloc(1, n, s.d)
 	} else {
-		sv.up = a.alloc(1, n, s.inter)
+		sv.up = a.Alloc(1, n, s.inter)
 	}
 	return sv
 }
@@ -213,7 +166,7 @@ func (ds *DeviceStudent) newSaved(a *devArena, n int, attention bool) *layerSave
 func (ds *DeviceStudent) newPlan(n, images int, branch bool) (*devPlan, error) {
 	s := ds.sizes
 	L := len(ds.layers)
-	p := &devPlan{n: n, images: images, branch: branch, ar: devArena{be: ds.be}, low: map[lowKey]kernels.Tensor{}}
+	p := &devPlan{n: n, images: images, branch: branch, ar: *kernels.NewArena(ds.be), low: map[lowKey]kernels.Tensor{}}
 	a := &p.ar
 	hasAttn, hasMix := false, false
 	for _, l := range ds.layers {
@@ -231,7 +184,7 @@ func (ds *DeviceStudent) newPlan(n, images int, branch bool) (*devPlan, error) {
 	}
 	p.x = make([]kernels.Tensor, L+1)
 	for i := range p.x {
-		p.x[i] = a.alloc(1, n, s.d)
+		p.x[i] = a.Alloc(1, n, s.d)
 	}
 	p.saved = make([]*layerSaved, L)
 	if ds.opts.Recompute {
@@ -241,7 +194,7 @@ func (ds *DeviceStudent) newPlan(n, images int, branch bool) (*devPlan, error) {
 		if hasMix {
 			p.mixSet = ds.newSaved(a, n, false)
 		}
-		p.reOut = a.alloc(1, n, s.d)
+		p.reOut = a.Alloc(1, n, s.d)
 	} else {
 		for i, l := range ds.layers {
 			p.saved[i] = ds.newSaved(a, n, l.mix == nil)
@@ -253,7 +206,7 @@ func (ds *DeviceStudent) newPlan(n, images int, branch bool) (*devPlan, error) {
 			if l.mix == nil {
 				continue
 			}
-			b := &branchBufs{tIn: a.alloc(1, n, s.d), tOut: a.alloc(1, n, s.d), out: a.alloc(1, n, s.d), grad: a.alloc(1, n, s.d)}
+			b := &branchBufs{tIn: a.Alloc(1, n, s.d), tOut: a.Alloc(1, n, s.d), out: a.Alloc(1, n, s.d), grad: a.Alloc(1, n, s.d)}
 			if ds.opts.Recompute {
 				b.saved = p.mixSet
 			} else {
@@ -264,80 +217,80 @@ func (ds *DeviceStudent) newPlan(n, images int, branch bool) (*devPlan, error) {
 	}
 	F, vd := ds.ImageTokens(), ds.Config.Vision.HiddenSize
 	for range images {
-		p.imgs = append(p.imgs, &imageBufs{feats: a.alloc(1, F, vd), c1: a.alloc(1, F, s.d)})
+		p.imgs = append(p.imgs, &imageBufs{feats: a.Alloc(1, F, vd), c1: a.Alloc(1, F, s.d)})
 	}
 	if images > 0 {
-		p.g, p.imgOut, p.dimg, p.dg, p.dc1 = a.alloc(1, F, s.d), a.alloc(1, F, s.d), a.alloc(1, F, s.d), a.alloc(1, F, s.d), a.alloc(1, F, s.d)
+		p.g, p.imgOut, p.dimg, p.dg, p.dc1 = a.Alloc(1, F, s.d), a.Alloc(1, F, s.d), a.Alloc(1, F, s.d), a.Alloc(1, F, s.d), a.Alloc(1, F, s.d)
 	}
 
-	p.h, p.mixOut, p.mixDrop, p.mlpOut, p.mlpDrop = a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d)
-	p.act = a.alloc(1, n, s.inter)
+	p.h, p.mixOut, p.mixDrop, p.mlpOut, p.mlpDrop = a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d)
+	p.act = a.Alloc(1, n, s.inter)
 	if s.gated {
-		p.gate, p.lin = a.alloc(1, n, s.inter), a.alloc(1, n, s.inter)
+		p.gate, p.lin = a.Alloc(1, n, s.inter), a.Alloc(1, n, s.inter)
 	}
-	p.logits, p.dlogits = a.alloc(1, n, s.vocab), a.alloc(1, n, s.vocab)
-	p.embT = a.alloc(1, n, s.d)
+	p.logits, p.dlogits = a.Alloc(1, n, s.vocab), a.Alloc(1, n, s.vocab)
+	p.embT = a.Alloc(1, n, s.d)
 
-	p.d0, p.d1, p.dh, p.dhA, p.dhB, p.dtmp = a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d)
-	p.dmix, p.dmlp = a.alloc(1, n, s.d), a.alloc(1, n, s.d)
-	p.dact = a.alloc(1, n, s.inter)
+	p.d0, p.d1, p.dh, p.dhA, p.dhB, p.dtmp = a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d)
+	p.dmix, p.dmlp = a.Alloc(1, n, s.d), a.Alloc(1, n, s.d)
+	p.dact = a.Alloc(1, n, s.inter)
 	if s.gated {
-		p.dmid = a.alloc(1, n, s.d)
-		p.dup = a.alloc(1, n, 2*s.inter)
-		p.sg, p.tt, p.dgate, p.dlin = a.alloc(1, n, s.inter), a.alloc(1, n, s.inter), a.alloc(1, n, s.inter), a.alloc(1, n, s.inter)
+		p.dmid = a.Alloc(1, n, s.d)
+		p.dup = a.Alloc(1, n, 2*s.inter)
+		p.sg, p.tt, p.dgate, p.dlin = a.Alloc(1, n, s.inter), a.Alloc(1, n, s.inter), a.Alloc(1, n, s.inter), a.Alloc(1, n, s.inter)
 	} else {
-		p.dup = a.alloc(1, n, s.inter)
+		p.dup = a.Alloc(1, n, s.inter)
 	}
 	if hasAttn {
 		dq, dkv := s.dq(), s.dkv()
-		p.qkv, p.dqkv = a.alloc(1, n, dq+2*dkv), a.alloc(1, n, dq+2*dkv)
-		p.datt = a.alloc(1, n, dq)
-		p.datt4 = a.view(p.datt, 1, n, s.heads, s.headDim)
-		p.dq4 = a.alloc(1, n, s.heads, s.headDim)
-		p.dqf = a.view(p.dq4, 1, n, dq)
-		p.dk4, p.dv4 = a.alloc(1, n, s.kvHeads, s.headDim), a.alloc(1, n, s.kvHeads, s.headDim)
-		p.dkf, p.dvf = a.view(p.dk4, 1, n, dkv), a.view(p.dv4, 1, n, dkv)
+		p.qkv, p.dqkv = a.Alloc(1, n, dq+2*dkv), a.Alloc(1, n, dq+2*dkv)
+		p.datt = a.Alloc(1, n, dq)
+		p.datt4 = a.View(p.datt, 1, n, s.heads, s.headDim)
+		p.dq4 = a.Alloc(1, n, s.heads, s.headDim)
+		p.dqf = a.View(p.dq4, 1, n, dq)
+		p.dk4, p.dv4 = a.Alloc(1, n, s.kvHeads, s.headDim), a.Alloc(1, n, s.kvHeads, s.headDim)
+		p.dkf, p.dvf = a.View(p.dk4, 1, n, dkv), a.View(p.dv4, 1, n, dkv)
 	}
 	if hasMix {
 		H, P, G, N := c.NHeads, c.HeadDim, c.NGroups, c.DState
-		p.z, p.yn = a.alloc(1, n, c.DInner()), a.alloc(1, n, c.DInner())
-		p.xBC = a.alloc(1, n, c.ConvDim())
-		p.dtRaw, p.dt = a.alloc(1, n, H), a.alloc(1, n, H)
-		p.xs, p.bs, p.cs = a.alloc(1, n, c.DXB), a.alloc(1, n, c.DXB), a.alloc(1, n, G*N)
+		p.z, p.yn = a.Alloc(1, n, c.DInner()), a.Alloc(1, n, c.DInner())
+		p.xBC = a.Alloc(1, n, c.ConvDim())
+		p.dtRaw, p.dt = a.Alloc(1, n, H), a.Alloc(1, n, H)
+		p.xs, p.bs, p.cs = a.Alloc(1, n, c.DXB), a.Alloc(1, n, c.DXB), a.Alloc(1, n, G*N)
 		if c.DXB/P == H {
-			p.x4 = a.view(p.xs, 1, n, H, P)
+			p.x4 = a.View(p.xs, 1, n, H, P)
 		} else {
-			p.x4 = a.alloc(1, n, H, P)
+			p.x4 = a.Alloc(1, n, H, P)
 		}
 		if c.DXB/N == G {
-			p.B4 = a.view(p.bs, 1, n, G, N)
+			p.B4 = a.View(p.bs, 1, n, G, N)
 		} else {
-			p.B4 = a.alloc(1, n, G, N)
+			p.B4 = a.Alloc(1, n, G, N)
 		}
-		p.C4 = a.view(p.cs, 1, n, G, N)
+		p.C4 = a.View(p.cs, 1, n, G, N)
 
-		p.dyn, p.dz = a.alloc(1, n, c.DInner()), a.alloc(1, n, c.DInner())
-		p.dy4, p.dx4 = a.alloc(1, n, H, P), a.alloc(1, n, H, P)
-		p.dyFlat, p.dxFlat = a.view(p.dy4, 1, n, c.DInner()), a.view(p.dx4, 1, n, c.DInner())
-		p.ddt, p.dRaw = a.alloc(1, n, H), a.alloc(1, n, H)
-		p.dB4, p.dC4 = a.alloc(1, n, G, N), a.alloc(1, n, G, N)
-		p.dBFlat, p.dCFlat = a.view(p.dB4, 1, n, G*N), a.view(p.dC4, 1, n, G*N)
+		p.dyn, p.dz = a.Alloc(1, n, c.DInner()), a.Alloc(1, n, c.DInner())
+		p.dy4, p.dx4 = a.Alloc(1, n, H, P), a.Alloc(1, n, H, P)
+		p.dyFlat, p.dxFlat = a.View(p.dy4, 1, n, c.DInner()), a.View(p.dx4, 1, n, c.DInner())
+		p.ddt, p.dRaw = a.Alloc(1, n, H), a.Alloc(1, n, H)
+		p.dB4, p.dC4 = a.Alloc(1, n, G, N), a.Alloc(1, n, G, N)
+		p.dBFlat, p.dCFlat = a.View(p.dB4, 1, n, G*N), a.View(p.dC4, 1, n, G*N)
 		if c.DXB/P == H {
 			p.dxs = p.dxFlat
 		} else {
-			p.dxs = a.alloc(1, n, c.DXB)
+			p.dxs = a.Alloc(1, n, c.DXB)
 		}
 		if c.DXB/N == G {
 			p.dbs = p.dBFlat
 		} else {
-			p.dbs = a.alloc(1, n, c.DXB)
+			p.dbs = a.Alloc(1, n, c.DXB)
 		}
-		p.dxBCc, p.dxBC = a.alloc(1, n, c.ConvDim()), a.alloc(1, n, c.ConvDim())
-		p.dproj = a.alloc(1, n, c.DProj())
+		p.dxBCc, p.dxBC = a.Alloc(1, n, c.ConvDim()), a.Alloc(1, n, c.ConvDim())
+		p.dproj = a.Alloc(1, n, c.DProj())
 	}
-	if a.err != nil {
-		a.free()
-		return nil, a.err
+	if a.Err() != nil {
+		a.Free()
+		return nil, a.Err()
 	}
 	return p, nil
 }
@@ -365,10 +318,10 @@ func (ds *DeviceStudent) lowp(p *devPlan, x kernels.Tensor, slot int) (kernels.T
 	key := lowKey{slot, x.Len()}
 	t, ok := p.low[key]
 	if !ok {
-		t = p.ar.allocType(kernels.BF16, x.Len())
-		if p.ar.err != nil {
-			err := p.ar.err
-			p.ar.err = nil
+		t = p.ar.AllocOf(kernels.BF16, x.Len())
+		if p.ar.Err() != nil {
+			err := p.ar.Err()
+			p.ar.ClearErr()
 			return nil, err
 		}
 		p.low[key] = t

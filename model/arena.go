@@ -7,56 +7,9 @@ import (
 	"github.com/matsurgery/matsurgery/kernels"
 )
 
-// arena allocates a group of activation tensors and frees them together.
-// Its first error sticks: later allocations return nil and err says what
-// failed, so a plan is built in straight-line code and checked once.
-type arena struct {
-	be    kernels.Backend
-	owned []kernels.Tensor
-	err   error
-}
-
-// alloc returns a new F32 tensor (contents undefined).
-func (a *arena) alloc(shape ...int) kernels.Tensor { return a.allocOf(kernels.F32, shape...) }
-
-// allocOf returns a new tensor of dtype dt (contents undefined).
-func (a *arena) allocOf(dt kernels.DType, shape ...int) kernels.Tensor {
-	if a.err != nil {
-		return nil
-	}
-	t, err := a.be.Alloc(dt, shape...)
-	if err != nil {
-		a.err = fmt.Errorf("allocate %v activation %v: %w", dt, shape, err)
-		return nil
-	}
-	a.owned = append(a.owned, t)
-	return t
-}
-
-// view returns t reshaped (sharing storage), or t itself when the shape is
-// already shape.
-func (a *arena) view(t kernels.Tensor, shape ...int) kernels.Tensor {
-	if a.err != nil {
-		return nil
-	}
-	if slices.Equal(t.Shape(), shape) {
-		return t
-	}
-	v, err := a.be.Reshape(t, shape...)
-	if err != nil {
-		a.err = fmt.Errorf("view %v as %v: %w", t.Shape(), shape, err)
-		return nil
-	}
-	return v
-}
-
-// free releases every tensor the arena allocated.
-func (a *arena) free() {
-	for _, t := range a.owned {
-		a.be.Free(t)
-	}
-	a.owned = nil
-}
+// arena is the group of a plan's activation tensors, allocated and freed
+// together (kernels.Arena).
+type arena = kernels.Arena
 
 // seqPlan holds the activations of one sequence length n (batch 1): every
 // buffer a decoder layer needs, allocated once and reused by every layer
@@ -100,27 +53,27 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 	}
 	for k, p := range m.plans {
 		if k != 1 {
-			p.ar.free()
+			p.ar.Free()
 			delete(m.plans, k)
 			m.mm.release() // its bf16 copies were sized for that length too
 		}
 	}
 	s := m.sizes
-	p := &seqPlan{n: n, ar: arena{be: m.be}}
+	p := &seqPlan{n: n, ar: *kernels.NewArena(m.be)}
 	a := &p.ar
 	for i := range p.stream {
-		p.stream[i] = a.alloc(1, n, s.d)
-		p.flat[i] = a.view(p.stream[i], 1, n*s.d)
+		p.stream[i] = a.Alloc(1, n, s.d)
+		p.flat[i] = a.View(p.stream[i], 1, n*s.d)
 	}
-	p.h, p.mixOut, p.mlpOut = a.alloc(1, n, s.d), a.alloc(1, n, s.d), a.alloc(1, n, s.d)
+	p.h, p.mixOut, p.mlpOut = a.Alloc(1, n, s.d), a.Alloc(1, n, s.d), a.Alloc(1, n, s.d)
 	if s.gated {
-		p.up = a.alloc(1, n, 2*s.inter)
-		p.gate, p.lin = a.alloc(1, n, s.inter), a.alloc(1, n, s.inter)
+		p.up = a.Alloc(1, n, 2*s.inter)
+		p.gate, p.lin = a.Alloc(1, n, s.inter), a.Alloc(1, n, s.inter)
 	} else {
-		p.up = a.alloc(1, n, s.inter)
+		p.up = a.Alloc(1, n, s.inter)
 	}
-	p.last, p.lastNorm = a.alloc(1, 1, s.d), a.alloc(1, 1, s.d)
-	p.lastFlat = a.view(p.last, 1, s.d)
+	p.last, p.lastNorm = a.Alloc(1, 1, s.d), a.Alloc(1, 1, s.d)
+	p.lastFlat = a.View(p.last, 1, s.d)
 	var mixCfg *mixer
 	hasAttn := false
 	for _, l := range m.layers {
@@ -132,14 +85,14 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 	}
 	if hasAttn {
 		dq, dkv := s.heads*s.headDim, s.kvHeads*s.headDim
-		ap := &attnPlan{qkv: a.alloc(1, n, dq+2*dkv), qf: a.alloc(1, n, dq), kf: a.alloc(1, n, dkv), vf: a.alloc(1, n, dkv)}
-		ap.q = a.view(ap.qf, 1, n, s.heads, s.headDim)
-		ap.k = a.view(ap.kf, 1, n, s.kvHeads, s.headDim)
-		ap.v = a.view(ap.vf, 1, n, s.kvHeads, s.headDim)
-		ap.out = a.alloc(1, n, s.heads, s.headDim)
-		ap.outFlat = a.view(ap.out, 1, n, dq)
+		ap := &attnPlan{qkv: a.Alloc(1, n, dq+2*dkv), qf: a.Alloc(1, n, dq), kf: a.Alloc(1, n, dkv), vf: a.Alloc(1, n, dkv)}
+		ap.q = a.View(ap.qf, 1, n, s.heads, s.headDim)
+		ap.k = a.View(ap.kf, 1, n, s.kvHeads, s.headDim)
+		ap.v = a.View(ap.vf, 1, n, s.kvHeads, s.headDim)
+		ap.out = a.Alloc(1, n, s.heads, s.headDim)
+		ap.outFlat = a.View(ap.out, 1, n, dq)
 		if n == 1 {
-			ap.qOne, ap.outOne = a.view(ap.qf, 1, dq), a.view(ap.out, 1, dq)
+			ap.qOne, ap.outOne = a.View(ap.qf, 1, dq), a.View(ap.out, 1, dq)
 		}
 		p.attn = ap
 	}
@@ -154,9 +107,9 @@ func (m *Model) plan(n int) (*seqPlan, error) {
 		lend.add(p.up, p.gate, p.lin, p.mlpOut)
 		p.mix = newMixerPlan(a, mixCfg.cfg, n, m.mm.bf16, lend)
 	}
-	if a.err != nil {
-		a.free()
-		return nil, fmt.Errorf("activations for %d tokens: %w", n, a.err)
+	if a.Err() != nil {
+		a.Free()
+		return nil, fmt.Errorf("activations for %d tokens: %w", n, a.Err())
 	}
 	m.plans[n] = p
 	return p, nil
@@ -190,10 +143,10 @@ func (l *lender) take(shape ...int) kernels.Tensor {
 // logitsBuffer returns the plan's [1,n,vocab] logits, allocating it once.
 func (m *Model) logitsBuffer(p *seqPlan) (kernels.Tensor, error) {
 	if p.logits == nil {
-		p.logits = p.ar.alloc(1, p.n, m.sizes.vocab)
-		if p.ar.err != nil {
-			err := p.ar.err
-			p.ar.err = nil
+		p.logits = p.ar.Alloc(1, p.n, m.sizes.vocab)
+		if p.ar.Err() != nil {
+			err := p.ar.Err()
+			p.ar.ClearErr()
 			return nil, fmt.Errorf("logits for %d tokens: %w", p.n, err)
 		}
 	}
@@ -202,11 +155,11 @@ func (m *Model) logitsBuffer(p *seqPlan) (kernels.Tensor, error) {
 
 func (m *Model) freePlans() {
 	for k, p := range m.plans {
-		p.ar.free()
+		p.ar.Free()
 		delete(m.plans, k)
 	}
 	if m.vplan != nil {
-		m.vplan.ar.free()
+		m.vplan.ar.Free()
 		m.vplan = nil
 	}
 }

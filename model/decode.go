@@ -145,14 +145,14 @@ func (m *Model) cachedAttention(ap *attnPlan, c *kvCache, pos int, scale float32
 	}
 	s := m.sizes
 	vis, dq, dkv := pos+1, s.heads*s.headDim, s.kvHeads*s.headDim
-	ar := arena{be: m.be}
-	defer ar.free()
-	kp, vp := ar.alloc(1, vis, s.kvHeads, s.headDim), ar.alloc(1, vis, s.kvHeads, s.headDim)
-	qr, full := ar.alloc(1, vis, s.heads, s.headDim), ar.alloc(1, vis, s.heads, s.headDim)
-	kpf, vpf := ar.view(kp, 1, vis*dkv), ar.view(vp, 1, vis*dkv)
-	qrf, fullf := ar.view(qr, 1, vis*dq), ar.view(full, 1, vis*dq)
-	if ar.err != nil {
-		return ar.err
+	ar := *kernels.NewArena(m.be)
+	defer ar.Free()
+	kp, vp := ar.Alloc(1, vis, s.kvHeads, s.headDim), ar.Alloc(1, vis, s.kvHeads, s.headDim)
+	qr, full := ar.Alloc(1, vis, s.heads, s.headDim), ar.Alloc(1, vis, s.heads, s.headDim)
+	kpf, vpf := ar.View(kp, 1, vis*dkv), ar.View(vp, 1, vis*dkv)
+	qrf, fullf := ar.View(qr, 1, vis*dq), ar.View(full, 1, vis*dq)
+	if ar.Err() != nil {
+		return ar.Err()
 	}
 	if err := m.be.SliceCols(kpf, c.kFlat, 0); err != nil {
 		return fmt.Errorf("visible keys: %w", err)
@@ -217,9 +217,10 @@ func (m *Model) prefill(pixels []float32, ids []int) ([]float32, error) {
 // hostLogits applies the head to x [1,1,d] and downloads the logits.
 func (m *Model) hostLogits(p *seqPlan, x kernels.Tensor) ([]float32, error) {
 	if p.lastLog == nil {
-		p.lastLog = p.ar.alloc(1, 1, m.sizes.vocab)
-		if err := p.ar.err; err != nil {
-			p.ar.err, p.lastLog = nil, nil
+		p.lastLog = p.ar.Alloc(1, 1, m.sizes.vocab)
+		if err := p.ar.Err(); err != nil {
+			p.ar.ClearErr()
+			p.lastLog = nil
 			return nil, fmt.Errorf("logits: %w", err)
 		}
 	}

@@ -37,12 +37,12 @@ func newMixerPlan(a *arena, c kernels.Mamba2Config, n int, bf16 bool, lend *lend
 	H, P, G, N := c.NHeads, c.HeadDim, c.NGroups, c.DState
 	mp := &mixerPlan{n: n, ar: a}
 	get := func(shape ...int) kernels.Tensor {
-		if lend != nil && a.err == nil {
+		if lend != nil && a.Err() == nil {
 			if t := lend.take(shape...); t != nil {
 				return t
 			}
 		}
-		return a.alloc(shape...)
+		return a.Alloc(shape...)
 	}
 	mp.proj = get(1, n, c.DProj())
 	mp.z = get(1, n, c.DInner())
@@ -50,22 +50,22 @@ func newMixerPlan(a *arena, c kernels.Mamba2Config, n int, bf16 bool, lend *lend
 	mp.dtRaw, mp.dt = get(1, n, H), get(1, n, H)
 	mp.xs, mp.bs, mp.cs = get(1, n, c.DXB), get(1, n, c.DXB), get(1, n, G*N)
 	if c.DXB/P == H {
-		mp.x = a.view(mp.xs, 1, n, H, P)
+		mp.x = a.View(mp.xs, 1, n, H, P)
 	} else {
 		mp.x = get(1, n, H, P)
 	}
 	if c.DXB/N == G {
-		mp.B = a.view(mp.bs, 1, n, G, N)
+		mp.B = a.View(mp.bs, 1, n, G, N)
 	} else {
 		mp.B = get(1, n, G, N)
 	}
-	mp.C = a.view(mp.cs, 1, n, G, N)
+	mp.C = a.View(mp.cs, 1, n, G, N)
 	mp.y = get(1, n, H, P)
-	mp.yFlat = a.view(mp.y, 1, n, c.DInner())
+	mp.yFlat = a.View(mp.y, 1, n, c.DInner())
 	mp.yn = get(1, n, c.DInner())
 	if bf16 {
-		mp.xb = a.allocOf(kernels.BF16, 1, n, H, P)
-		mp.bb, mp.cb = a.allocOf(kernels.BF16, 1, n, G, N), a.allocOf(kernels.BF16, 1, n, G, N)
+		mp.xb = a.AllocOf(kernels.BF16, 1, n, H, P)
+		mp.bb, mp.cb = a.AllocOf(kernels.BF16, 1, n, G, N), a.AllocOf(kernels.BF16, 1, n, G, N)
 	}
 	return mp
 }
@@ -77,12 +77,12 @@ func (mp *mixerPlan) decodeBuffers(c kernels.Mamba2Config) error {
 	}
 	a := mp.ar
 	rows := c.ConvKernel + mp.n
-	mp.u, mp.uc = a.alloc(1, rows, c.ConvDim()), a.alloc(1, rows, c.ConvDim())
-	mp.uFlat, mp.ucFlat = a.view(mp.u, 1, rows*c.ConvDim()), a.view(mp.uc, 1, rows*c.ConvDim())
-	mp.xBCcFlat = a.view(mp.xBCc, 1, mp.n*c.ConvDim())
-	if a.err != nil {
-		err := a.err
-		a.err = nil
+	mp.u, mp.uc = a.Alloc(1, rows, c.ConvDim()), a.Alloc(1, rows, c.ConvDim())
+	mp.uFlat, mp.ucFlat = a.View(mp.u, 1, rows*c.ConvDim()), a.View(mp.uc, 1, rows*c.ConvDim())
+	mp.xBCcFlat = a.View(mp.xBCc, 1, mp.n*c.ConvDim())
+	if a.Err() != nil {
+		err := a.Err()
+		a.ClearErr()
 		mp.u = nil
 		return err
 	}

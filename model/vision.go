@@ -140,22 +140,22 @@ func (m *Model) visionPlan() (*visionPlan, error) {
 	}
 	v := m.vision
 	N, d, F := v.cfg.NumPatches(), v.cfg.HiddenSize, v.featureRows()
-	p := &visionPlan{ar: arena{be: m.be}}
+	p := &visionPlan{ar: *kernels.NewArena(m.be)}
 	a := &p.ar
-	p.x, p.h, p.o = a.alloc(1, N, d), a.alloc(1, N, d), a.alloc(1, N, d)
-	p.qkv = a.alloc(1, N, 3*d)
-	p.qf, p.kf, p.vf = a.alloc(1, N, d), a.alloc(1, N, d), a.alloc(1, N, d)
-	p.q, p.k, p.v = a.view(p.qf, 1, N, v.heads, v.headDim), a.view(p.kf, 1, N, v.heads, v.headDim), a.view(p.vf, 1, N, v.heads, v.headDim)
-	p.att = a.alloc(1, N, v.heads, v.headDim)
-	p.attFlat = a.view(p.att, 1, N, d)
-	p.mid = a.alloc(1, N, v.cfg.IntermediateSize)
-	p.xFlat = a.view(p.x, 1, N*d)
-	p.feats = a.alloc(1, F, d)
-	p.featsFlat = a.view(p.feats, 1, F*d)
-	p.c1, p.img = a.alloc(1, F, m.sizes.d), a.alloc(1, F, m.sizes.d)
-	if a.err != nil {
-		a.free()
-		return nil, fmt.Errorf("vision activations: %w", a.err)
+	p.x, p.h, p.o = a.Alloc(1, N, d), a.Alloc(1, N, d), a.Alloc(1, N, d)
+	p.qkv = a.Alloc(1, N, 3*d)
+	p.qf, p.kf, p.vf = a.Alloc(1, N, d), a.Alloc(1, N, d), a.Alloc(1, N, d)
+	p.q, p.k, p.v = a.View(p.qf, 1, N, v.heads, v.headDim), a.View(p.kf, 1, N, v.heads, v.headDim), a.View(p.vf, 1, N, v.heads, v.headDim)
+	p.att = a.Alloc(1, N, v.heads, v.headDim)
+	p.attFlat = a.View(p.att, 1, N, d)
+	p.mid = a.Alloc(1, N, v.cfg.IntermediateSize)
+	p.xFlat = a.View(p.x, 1, N*d)
+	p.feats = a.Alloc(1, F, d)
+	p.featsFlat = a.View(p.feats, 1, F*d)
+	p.c1, p.img = a.Alloc(1, F, m.sizes.d), a.Alloc(1, F, m.sizes.d)
+	if a.Err() != nil {
+		a.Free()
+		return nil, fmt.Errorf("vision activations: %w", a.Err())
 	}
 	m.vplan = p
 	return p, nil
