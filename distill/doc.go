@@ -60,4 +60,12 @@
 // for checkpoints and export, and adds bf16 products and activation
 // recomputation. TrainOptions.Device (or Backend) selects it; BenchStep
 // measures it.
+//
+// ParallelStudent (parallel.go) is one DeviceStudent a GPU of one host,
+// the gradients summed across them by an all-reduce (NCCL) before the same
+// optimiser step on each: data-parallel training whose updates are a
+// single device's with the same global batch, up to the order of the
+// float32 sums. TrainOptions.GPUs (or Ranks) selects it in Train
+// (parallel_train.go), with the one-device run's log, checkpoints and
+// export; BenchmarkParallelUpdate measures its speed-up.
 package distill

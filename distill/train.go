@@ -101,6 +101,17 @@ type TrainOptions struct {
 	// Recompute runs a device student with activation recomputation
 	// (DeviceOptions.Recompute).
 	Recompute bool
+	// GPUs, when 2 or more, trains data-parallel on the host's first GPUs
+	// GPUs, joined by NCCL (cuda.NewGroup; parallel_train.go): each update's
+	// samples are shared out between them and their gradients summed, so
+	// the run is a one-GPU run of the same global batch up to the order of
+	// the float32 sums, and its checkpoints resume on any number of GPUs.
+	// Device must then be "" or "cuda". 0 and 1: one device, as Device says.
+	GPUs int
+	// Ranks, when set, is the data-parallel group to train on instead of
+	// GPUs' (the caller's, left open): CPU backends joined by a host
+	// all-reduce run the data-parallel path on any machine.
+	Ranks Ranks
 
 	// NoExport leaves out the final hybrid checkpoint (final/).
 	NoExport bool
@@ -139,8 +150,11 @@ type TrainResult struct {
 	Plot        string     `json:"plot,omitempty"`
 	Trainable   int64      `json:"trainable_parameters"`
 	// Device is the backend a device student ran on ("" for the host
-	// Student); PeakDeviceMemory its peak memory in bytes (0: unknown).
+	// Student; "2 × cuda (NVIDIA H200)" for a data-parallel run), Ranks
+	// their number; PeakDeviceMemory its peak memory in bytes, the largest
+	// rank's (0: unknown).
 	Device           string `json:"device,omitempty"`
+	Ranks            int    `json:"ranks,omitempty"`
 	PeakDeviceMemory int64  `json:"peak_device_memory,omitempty"`
 }
 
@@ -160,9 +174,10 @@ func Recipe() TrainOptions {
 type trainer struct {
 	opts    TrainOptions
 	student *Student
-	dev     *DeviceStudent  // a device run (TrainOptions.Device or Backend)
-	ownBE   kernels.Backend // the backend a device run opened (closed with it)
-	full    *fullModel      // TrainAll
+	dev     *DeviceStudent   // a device run (TrainOptions.Device or Backend)
+	par     *parallelTrainer // a data-parallel run (TrainOptions.GPUs or Ranks)
+	ownBE   kernels.Backend  // the backend a device run opened (closed with it)
+	full    *fullModel       // TrainAll
 	params  []*Param
 	oparams []optim.Param
 	teacher *model.Model
@@ -230,6 +245,9 @@ func (o *TrainOptions) fill() error {
 	if o.Keep == 0 {
 		o.Keep = r.Keep
 	}
+	if err := o.checkParallel(); err != nil {
+		return err
+	}
 	switch {
 	case o.Student == "":
 		return errors.New("distill: no student checkpoint")
@@ -282,7 +300,7 @@ func (o *TrainOptions) needsTeacher() bool { return o.Loss.Alpha != 0 || o.Loss.
 // onDevice reports a run on a DeviceStudent.
 func (o *TrainOptions) onDevice() bool {
 	d := strings.ToLower(strings.TrimSpace(o.Device))
-	return o.Backend != nil || (d != "" && d != "cpu")
+	return o.Backend != nil || o.parallel() || (d != "" && d != "cpu")
 }
 
 func newTrainer(opts TrainOptions) (_ *trainer, err error) {
@@ -338,7 +356,11 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	if t.sched, err = sc.New(); err != nil {
 		return nil, fmt.Errorf("distill: schedule: %w", err)
 	}
-	if opts.onDevice() {
+	if opts.parallel() {
+		if err := t.loadParallel(); err != nil {
+			return nil, err
+		}
+	} else if opts.onDevice() {
 		if err := t.loadDevice(); err != nil {
 			return nil, err
 		}
@@ -350,15 +372,15 @@ func newTrainer(opts TrainOptions) (_ *trainer, err error) {
 	} else if t.student, err = LoadStudent(opts.Student, Options{Workers: opts.Workers, FreezeConnector: opts.FreezeConnector, Dropout: opts.Dropout}); err != nil {
 		return nil, err
 	}
-	if t.dev != nil {
-		t.params = t.dev.HostParams()
+	if ds := t.rankStudent(); ds != nil {
+		t.params = ds.HostParams()
 	} else {
 		t.params = t.student.Params()
 	}
 	for _, p := range t.params {
 		t.oparams = append(t.oparams, optim.Param{Name: p.Name, Data: p.Data, Grad: p.Grad, Decay: p.Decay})
 	}
-	if opts.needsTeacher() && t.dev == nil {
+	if opts.needsTeacher() && t.rankStudent() == nil {
 		t.tbe = cpu.New(opts.Workers)
 		if t.teacher, err = model.Load(opts.Teacher, t.tbe, model.Options{}); err != nil {
 			return nil, fmt.Errorf("distill: teacher: %w", err)
@@ -403,6 +425,10 @@ func (t *trainer) close() {
 		t.dev.Close()
 		t.dev = nil
 	}
+	if t.par != nil {
+		t.par.close()
+		t.par = nil
+	}
 	if t.teacher != nil {
 		t.teacher.Close()
 		t.teacher = nil
@@ -433,10 +459,8 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 		if st != nil {
 			start, elapsed0 = st.Step, time.Duration(st.ElapsedNS)
 			res.Checkpoint = path
-			if t.dev != nil {
-				if err := t.dev.LoadHost(t.opt); err != nil {
-					return nil, fmt.Errorf("distill: resume from %s: %w", path, err)
-				}
+			if err := t.loadHost(); err != nil {
+				return nil, fmt.Errorf("distill: resume from %s: %w", path, err)
 			}
 		}
 		if t.log, err = trainlog.Resume(t.dir.metrics(), start); err != nil {
@@ -497,12 +521,7 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 	if res.Seconds > 0 {
 		res.TokensPerS = float64(tokens) / res.Seconds
 	}
-	if t.dev != nil {
-		res.Device = t.dev.Backend().Name()
-		if _, peak, ok := t.dev.DeviceMemory(); ok {
-			res.PeakDeviceMemory = peak
-		}
-	}
+	t.describeDevice(res)
 	if res.Steps != saved || res.Checkpoint == "" {
 		path, err := t.save(res.Steps, elapsed0+time.Since(began))
 		if err != nil {
@@ -528,9 +547,9 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 		info := ExportInfo{Version: o.Version, Teacher: o.Teacher, Data: o.Data,
 			Steps: res.Steps, Seed: o.Seed, Loss: o.Loss, TrainAll: o.TrainAll, Final: res.Final}
 		var err error
-		if t.dev != nil {
-			if err = t.dev.SyncHost(nil); err == nil {
-				if err = export(t.dev.Dir, t.params, res.Export, info); err != nil {
+		if ds := t.rankStudent(); ds != nil {
+			if err = t.syncHost(false); err == nil {
+				if err = export(ds.Dir, t.params, res.Export, info); err != nil {
 					err = fmt.Errorf("distill: export %s: %w", res.Export, err)
 				}
 			}
@@ -547,6 +566,9 @@ func (t *trainer) run(ctx context.Context) (*TrainResult, error) {
 // update runs optimiser step `step` (from 0). It returns nil for a step
 // whose samples were all left out.
 func (t *trainer) update(ctx context.Context, step int) (*trainlog.Record, int, int, error) {
+	if t.par != nil {
+		return t.parallelUpdate(ctx, step)
+	}
 	o := &t.opts
 	plan, err := t.batcher.Step(step)
 	if err != nil {
@@ -645,10 +667,8 @@ func (t *trainer) optimise(used int, lr float64) (float64, error) {
 // save writes the checkpoint after step updates (a device student's masters
 // and moments downloaded first).
 func (t *trainer) save(step int, elapsed time.Duration) (string, error) {
-	if t.dev != nil {
-		if err := t.dev.SyncHost(t.opt); err != nil {
-			return "", err
-		}
+	if err := t.syncHost(true); err != nil {
+		return "", err
 	}
 	return t.dir.save(t.state(step, elapsed), t.params, t.opt, t.opts.Keep)
 }
@@ -670,11 +690,7 @@ func (t *trainer) epochFraction(step int) float64 {
 func (t *trainer) sample(smp dataset.Sample, key DropoutKey) (Losses, int, error) {
 	o := &t.opts
 	if t.dev != nil {
-		labels := spliceLabels(smp.IDs, smp.Labels, t.dev.Config.ImageTokenIndex, t.dev.ImageTokens())
-		in := DeviceSample{IDs: smp.IDs, Pixels: smp.Pixels, Labels: labels, Dropout: &key}
-		if o.MaskAnswers {
-			in.Mask = AnswerMask(labels)
-		}
+		in := deviceSample(smp, key, t.dev.Config.ImageTokenIndex, t.dev.ImageTokens(), o.MaskAnswers)
 		return t.dev.Accumulate(in, o.Loss)
 	}
 	s := t.student
