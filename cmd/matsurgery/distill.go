@@ -56,6 +56,7 @@ type DistillCmd struct {
 	Device    string `help:"Compute device: auto (the GPU when there is one, else the CPU trainer), cpu, cuda, cuda:N. On a GPU the whole update runs there, the teacher too." default:"auto"`
 	Precision string `help:"Matrix products on a GPU: bf16 (bf16 operands with f32 accumulation and f32 master weights, the reference's autocast; the default there) or f32. The CPU trainer computes in f32." enum:",bf16,f32" default:""`
 	Recompute bool   `help:"On a GPU, keep only each layer's input and recompute the layer in backward (less memory, same results)."`
+	GPUs      int    `help:"Data-parallel training on the first N GPUs of this host (CUDA_VISIBLE_DEVICES picks which) through NCCL: libnccl.so.2 from the libnccl2 package or PyTorch's nvidia-nccl wheel, or the file $MATSURGERY_NCCL_LIB names. Each update's batch×accum samples are shared out and the gradients summed: results equal one GPU with the same global batch, and a run resumes on any number of GPUs. 0 or 1: one device." name:"gpus" default:"0" placeholder:"N"`
 }
 
 func (c *DistillCmd) Run(g *Globals) error {
@@ -143,6 +144,9 @@ func (c *DistillCmd) Run(g *Globals) error {
 			g.say("trained %d of %d steps in %.1fs (%.0f tokens/s): loss %.5g → %.5g (KL %.4g, layer %.4g, CE %.4g)\n",
 				res.Steps, res.StepsTotal, res.Seconds, res.TokensPerS, res.FirstLoss, res.Final.Total, res.Final.KL, res.Final.L2, res.Final.CE)
 		}
+		if res.Ranks > 1 {
+			g.say("data-parallel on %s, peak memory %.2f GiB a rank\n", res.Device, float64(res.PeakDeviceMemory)/(1<<30))
+		}
 		if res.Skipped > 0 {
 			g.say("skipped %d bad samples\n", res.Skipped)
 		}
@@ -167,6 +171,16 @@ func (c *DistillCmd) Run(g *Globals) error {
 func (c *DistillCmd) pickDevice(g *Globals, o *distill.TrainOptions) error {
 	dev := strings.ToLower(strings.TrimSpace(c.Device))
 	switch {
+	case c.GPUs < 0:
+		return fmt.Errorf("--gpus %d: must not be negative", c.GPUs)
+	case c.GPUs >= 2 && o.TrainAll:
+		return fmt.Errorf("--gpus %d: --trainable all runs on the CPU trainer only", c.GPUs)
+	case c.GPUs >= 2 && dev == "cpu":
+		return fmt.Errorf("--gpus %d trains on GPUs: not with --device cpu", c.GPUs)
+	case c.GPUs >= 2 && dev != "auto" && dev != "cuda":
+		return fmt.Errorf("--gpus %d takes the first %d GPUs of this host: leave --device at auto or cuda (CUDA_VISIBLE_DEVICES picks which GPUs)", c.GPUs, c.GPUs)
+	case c.GPUs >= 2:
+		o.GPUs = c.GPUs
 	case dev == "cpu":
 		if c.Precision == "bf16" || c.Recompute {
 			return fmt.Errorf("--precision bf16 and --recompute need a GPU (--device cuda); the CPU trainer computes in f32")
