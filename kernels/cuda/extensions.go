@@ -93,7 +93,9 @@ func (be *Backend) GatherRows(out, table kernels.Tensor, ids []int32) error {
 
 // SoftmaxAttentionCached attends lq new queries (positions pos0…) to the
 // first pos0+lq rows of the key/value cache (rows past them are never
-// read), causally, with the flash-style kernel of SoftmaxAttention.
+// read), causally, with the flash-style kernel of SoftmaxAttention; at most
+// decodeSplitMaxQueries queries over at least decodeSplitMinKeys keys run
+// the split-key kernels of decode_attention.go instead.
 func (be *Backend) SoftmaxAttentionCached(out, q, k, v kernels.Tensor, pos0 int, scale float32) error {
 	o := be.ops("softmaxattentioncached")
 	s := &scan{y: o.out(out, "out"), C: o.any(q, "q"), B: o.any(k, "k"), x: o.any(v, "v")}
@@ -124,6 +126,9 @@ func (be *Backend) SoftmaxAttentionCached(out, q, k, v kernels.Tensor, pos0 int,
 		}
 	}
 	return o.run(func() error {
+		if useDecodeSplit(s.l, pos0+s.l) {
+			return be.decodeAttention(o.op, s, capacity, pos0, scale)
+		}
 		f, err := be.kernel("core", "k_softmax_attention")
 		if err != nil {
 			return err
