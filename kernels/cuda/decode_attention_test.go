@@ -52,7 +52,8 @@ func TestDecodeSplits(t *testing.T) {
 // pos0 0 and large, odd cache lengths and lengths at chunk boundaries
 // (many splits: the device's multiprocessor count raised to the H200's
 // 132), GQA, head sizes 80, 128, 5 and 1, F32 and BF16 q/k/v, the rows past
-// pos0+lq NaN. Tolerance 1e-5 (float32).
+// pos0+lq NaN, Phi-2's 32 heads × 80 over 2K and 4K keys. Tolerance 1e-5
+// (float32).
 func TestDecodeAttention(t *testing.T) {
 	be := testBackend(t)
 	const tol = 1e-5
@@ -73,6 +74,10 @@ func TestDecodeAttention(t *testing.T) {
 		{b: 3, lq: 1, pos0: 1000, capacity: 1024, h: 6, hkv: 3, p: 5, sms: 132},
 		{b: 1, lq: 2, pos0: 191, capacity: 193, h: 8, hkv: 2, p: 1},
 		{b: 1, lq: 1, pos0: 1999, capacity: 2000, h: 1, hkv: 1, p: 64, sms: 132},
+		// Phi-2's attention layer at a decode step, the H200's grid.
+		{b: 1, lq: 1, pos0: 4096, capacity: 4100, h: 32, hkv: 32, p: 80, sms: 132},
+		{b: 1, lq: 1, pos0: 4096, capacity: 4097, h: 32, hkv: 32, p: 80, sms: 132, bf16: true},
+		{b: 1, lq: 4, pos0: 2045, capacity: 2049, h: 32, hkv: 8, p: 80, sms: 132, bf16: true},
 	}
 	withDecodeSplitFrom(t, 1, func() {
 		for _, c := range cases {
