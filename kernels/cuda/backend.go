@@ -55,6 +55,8 @@ type Backend struct {
 
 	tid  atomic.Int64 // the owner's OS thread (0 until it starts)
 	prof *profile     // MATSURGERY_CUDA_PROFILE's account, or nil
+
+	flashAttention bool // MATSURGERY_ATTENTION=flash at creation: bf16 attention on flash_attention.cu
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -66,8 +68,13 @@ func New(deviceIndex int) (kernels.Backend, error) {
 	if err := loadLibraries(); err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
+	flash, err := attentionModeFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
 	be := &Backend{drv: libs.drv, rtc: libs.rtc, blas: libs.blas, ordinal: deviceIndex,
-		jobs: make(chan func()), modules: map[string]*module{}, live: map[*Tensor]struct{}{}, prof: newProfile()}
+		jobs: make(chan func()), modules: map[string]*module{}, live: map[*Tensor]struct{}{}, prof: newProfile(),
+		flashAttention: flash}
 	started := make(chan error)
 	go be.owner(started)
 	if err := <-started; err != nil {
