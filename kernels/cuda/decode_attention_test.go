@@ -173,3 +173,38 @@ func TestDecodeAttentionExtensions(t *testing.T) {
 		}, tolerances())
 	})
 }
+
+// TestDecodeAttentionRepeatable runs the split-key path twice on the same
+// inputs (Phi-2's layer, 3000 keys, the device's own grid): the merge adds
+// the partials in split order, so the two outputs must be the same bits.
+func TestDecodeAttentionRepeatable(t *testing.T) {
+	be := testBackend(t)
+	rng := rand.New(rand.NewPCG(83, 84))
+	const keys, heads, p = 3000, 32, 80
+	withDecodeSplitFrom(t, 1, func() {
+		_, q := f32Array(t, be, rng, -1, 1, 1, 1, heads, p)
+		_, k := cacheArray(t, be, rng, false, 1, keys, heads, p, keys)
+		_, v := cacheArray(t, be, rng, false, 1, keys, heads, p, keys)
+		var runs [2][]float32
+		for i := range runs {
+			out := poisoned(t, be, 1, 1, heads, p)
+			if err := be.SoftmaxAttentionCached(out, q, k, v, keys-1, 0.125); err != nil {
+				t.Fatal(err)
+			}
+			h, err := be.Download(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runs[i] = h
+			be.Free(out)
+		}
+		for i := range runs[0] {
+			if math.Float32bits(runs[0][i]) != math.Float32bits(runs[1][i]) {
+				t.Fatalf("element %d: %g then %g", i, runs[0][i], runs[1][i])
+			}
+		}
+		for _, x := range []kernels.Tensor{q, k, v} {
+			be.Free(x)
+		}
+	})
+}
