@@ -17,6 +17,10 @@
 // every gradient element is summed by one thread in a fixed order: no
 // atomics, deterministic results.
 //
+// Grids: the forward and the dQ pass (batch·heads, query blocks of 64),
+// the dK/dV pass (batch·kv heads, key blocks of 64); causal forward and dQ
+// blocks run from the last query block to the first (the longest first).
+//
 // Shared tiles have rows of SP bf16: an odd number of 16-byte units, so
 // the 8 rows of an ldmatrix land in distinct banks.
 

@@ -44,9 +44,13 @@ func attentionModeFromEnv() (bool, error) {
 func flashHead(p int) bool { return p >= 16 && p <= 128 && p%16 == 0 }
 
 // useFlash says whether an attention call on the checked operands s runs
-// the tensor-core flash kernels.
+// the tensor-core flash kernels: the switch is on, q, k and v are BF16
+// with a head size flashHead takes, and q, k, v start 16-byte aligned
+// (cp.async pieces) and out 8-byte aligned (paired stores), which every
+// allocation is.
 func (be *Backend) useFlash(s *scan) bool {
-	return be.flashAttention && s.C.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.x.dtype == kernels.BF16 && flashHead(s.p)
+	return be.flashAttention && s.C.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.x.dtype == kernels.BF16 && flashHead(s.p) &&
+		s.C.ptr%16 == 0 && s.B.ptr%16 == 0 && s.x.ptr%16 == 0 && s.y.ptr%8 == 0
 }
 
 // flashRows is the query rows of a forward or dQ block and the keys of a

@@ -221,6 +221,21 @@ func TestFlashAttentionDispatch(t *testing.T) {
 		if got := be.useFlash(s); got != c.use {
 			t.Errorf("head size %d, f32 q %v: useFlash = %v, want %v", c.p, c.qf32, got, c.use)
 		}
+		if !c.use {
+			continue
+		}
+		// Operands off the alignment of an allocation stay off the flash
+		// kernels.
+		for i, pp := range []**Tensor{&s.C, &s.B, &s.x, &s.y} {
+			moved := **pp
+			moved.ptr += 8 >> (i / 3) // 8 bytes for q, k, v; 4 for out
+			saved := *pp
+			*pp = &moved
+			if be.useFlash(s) {
+				t.Errorf("head size %d: operand %d at a misaligned address: useFlash is true", c.p, i)
+			}
+			*pp = saved
+		}
 	}
 }
 
