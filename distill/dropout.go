@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/bits"
 	"math/rand/v2"
+
+	"github.com/matsurgery/matsurgery/kernels"
 )
 
 // Residual dropout (the recipe's resid_pdrop): in training, each decoder
@@ -47,19 +49,11 @@ type dropMask struct {
 	scale       float32
 }
 
-// splitmix64 is the finaliser of SplitMix64, a bijective 64-bit mixer.
-func splitmix64(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
-	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
-	return x ^ (x >> 31)
-}
-
 // streamSeed hashes the key, layer and branch into one 64-bit seed.
 func (k DropoutKey) streamSeed(layer, branch int) uint64 {
-	h := splitmix64(k.Seed ^ 0x6d61747375726765) // "matsurge"
+	h := kernels.SplitMix64(k.Seed ^ 0x6d61747375726765) // "matsurge"
 	for _, v := range []uint64{uint64(k.Step), uint64(k.Sample), uint64(layer), uint64(branch)} {
-		h = splitmix64(h ^ v)
+		h = kernels.SplitMix64(h ^ v)
 	}
 	return h
 }
@@ -75,7 +69,7 @@ func newDropMask(p *pool, key DropoutKey, prob float64, layer, branch, n, d int)
 	thr := uint64(prob * (1 << 53))
 	p.rows(n, grainFor(d), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			src := rand.NewPCG(seed, splitmix64(uint64(i)))
+			src := rand.NewPCG(seed, kernels.SplitMix64(uint64(i)))
 			row := m.bits[i*words : (i+1)*words]
 			for j := range d {
 				if src.Uint64()>>11 >= thr {

@@ -71,10 +71,10 @@ type DenseGrad interface {
 	// flattened), inverted dropout with drop probability prob in [0, 1):
 	// element (i, j) is kept, and scaled by 1/(1−prob), when the j-th
 	// Uint64 of row i's stream — Go's math/rand/v2 PCG seeded
-	// NewPCG(seed, splitmix64(i)) — shifted right by 11 is ≥
-	// uint64(prob·2⁵³), and zeroed otherwise. splitmix64 is SplitMix64's
-	// finaliser (add 0x9e3779b97f4a7c15, then xor-shift-multiply by
-	// 0xbf58476d1ce4e5b9 and 0x94d049bb133111eb with shifts 30, 27, 31).
+	// NewPCG(seed, SplitMix64(i)) — shifted right by 11 is ≥
+	// uint64(prob·2⁵³), and zeroed otherwise (SplitMix64 below: add
+	// 0x9e3779b97f4a7c15, then xor-shift-multiply by 0xbf58476d1ce4e5b9 and
+	// 0x94d049bb133111eb with shifts 30, 27, 31).
 	// The mask is a pure function of (seed, i, j): the same call on a
 	// gradient is the backward; out may be x (in place). package distill
 	// draws its host masks the same way (dropout.go).
@@ -179,4 +179,14 @@ type Trainer interface {
 	DenseGrad
 	MambaGrad
 	LossGrad
+}
+
+// SplitMix64 is SplitMix64's finaliser, the row hash of Dropout's mask
+// (add 0x9e3779b97f4a7c15, then xor-shift-multiply twice and xor-shift):
+// row i's stream is Go's rand.NewPCG(seed, SplitMix64(i)).
+func SplitMix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }

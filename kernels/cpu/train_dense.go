@@ -588,18 +588,10 @@ func (be *Backend) Fill(t kernels.Tensor, v float32) error {
 	return nil
 }
 
-// splitmix64 is SplitMix64's finaliser (the Dropout contract's row hash).
-func splitmix64(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
-	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
-	return x ^ (x >> 31)
-}
-
 // Dropout writes out = x·mask over rows of the last dimension (inverted
 // dropout, drop probability prob in [0, 1)): element (i, j) is kept, and
 // multiplied by float32(1/(1−prob)), when the j-th Uint64 of
-// rand.NewPCG(seed, splitmix64(i)) shifted right by 11 is
+// rand.NewPCG(seed, kernels.SplitMix64(i)) shifted right by 11 is
 // ≥ uint64(prob·2⁵³), and set to 0 otherwise (even when x is not finite).
 // out may be x.
 func (be *Backend) Dropout(out, x kernels.Tensor, seed uint64, prob float64) error {
@@ -617,7 +609,7 @@ func (be *Backend) Dropout(out, x kernels.Tensor, seed uint64, prob float64) err
 	be.parallelFor(rows, max(1, grainElementwise/(4*d)), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			var src rand.PCG
-			src.Seed(seed, splitmix64(uint64(i)))
+			src.Seed(seed, kernels.SplitMix64(uint64(i)))
 			xr, yr := xs[i*d:(i+1)*d], ys[i*d:(i+1)*d]
 			for j, v := range xr {
 				if src.Uint64()>>11 >= thr {
