@@ -23,6 +23,24 @@ const lossIgnoreLabel = -100
 // LayerDistance and SumSquares (fixed: it sets the order of the additions).
 const lossSumChunk = 1 << 16
 
+// pairOperands loads a student/teacher loss's operands: both F32 of one
+// shape, and the optional gradient output.
+func (be *Backend) pairOperands(op string, dstudent, student, teacher kernels.Tensor) (st, tt, g *Tensor, err error) {
+	if st, err = be.f32Tensor(student, op+" student"); err != nil {
+		return nil, nil, nil, err
+	}
+	if tt, err = be.f32Tensor(teacher, op+" teacher"); err != nil {
+		return nil, nil, nil, err
+	}
+	if !slices.Equal(st.shape, tt.shape) {
+		return nil, nil, nil, fmt.Errorf("%s: teacher has shape %v, student %v", op, tt.shape, st.shape)
+	}
+	if g, err = be.lossGradient(op, dstudent, st); err != nil {
+		return nil, nil, nil, err
+	}
+	return st, tt, g, nil
+}
+
 // lossGradient loads the optional gradient output of a loss: F32, of the
 // input's shape.
 func (be *Backend) lossGradient(op string, grad kernels.Tensor, input *Tensor) (*Tensor, error) {
@@ -58,18 +76,7 @@ func lossValue(op string, v float64, perRow []float64) (float64, error) {
 // kept in per-worker scratch), rows in parallel.
 func (be *Backend) KLDivergence(dstudent, student, teacher kernels.Tensor, temperature float64, mask []bool, weight float32) (float64, error) {
 	const op = "kl"
-	st, err := be.f32Tensor(student, op+" student")
-	if err != nil {
-		return 0, err
-	}
-	tt, err := be.f32Tensor(teacher, op+" teacher")
-	if err != nil {
-		return 0, err
-	}
-	if !slices.Equal(st.shape, tt.shape) {
-		return 0, fmt.Errorf("%s: teacher has shape %v, student %v", op, tt.shape, st.shape)
-	}
-	g, err := be.lossGradient(op, dstudent, st)
+	st, tt, g, err := be.pairOperands(op, dstudent, student, teacher)
 	if err != nil {
 		return 0, err
 	}
@@ -255,18 +262,7 @@ func (be *Backend) lossChunkSums(n int, f func(lo, hi int) float64) float64 {
 // zero distance).
 func (be *Backend) LayerDistance(dstudent, student, teacher kernels.Tensor, form kernels.Distance, weight float32) (float64, error) {
 	const op = "layer distance"
-	st, err := be.f32Tensor(student, op+" student")
-	if err != nil {
-		return 0, err
-	}
-	tt, err := be.f32Tensor(teacher, op+" teacher")
-	if err != nil {
-		return 0, err
-	}
-	if !slices.Equal(st.shape, tt.shape) {
-		return 0, fmt.Errorf("%s: teacher has shape %v, student %v", op, tt.shape, st.shape)
-	}
-	g, err := be.lossGradient(op, dstudent, st)
+	st, tt, g, err := be.pairOperands(op, dstudent, student, teacher)
 	if err != nil {
 		return 0, err
 	}

@@ -188,22 +188,32 @@ func (be *Backend) AddBias(x, bias kernels.Tensor) error {
 	})
 }
 
+// colRange checks that narrow [rows, cols] covers columns [col0,
+// col0+cols) of wide [rows, wideCols] with the same rows (SliceCols and
+// SetCols), and returns cols and wideCols.
+func colRange(o *ops, narrow *Tensor, narrowName string, wide *Tensor, wideName string, col0 int) (cols, wideCols int) {
+	if o.err != nil {
+		return 0, 0
+	}
+	var rows, wrows int
+	rows, cols = lastDim(narrow)
+	wrows, wideCols = lastDim(wide)
+	if rows != wrows {
+		o.fail("%s %v has %d rows, %s %v has %d", narrowName, narrow.shape, rows, wideName, wide.shape, wrows)
+	}
+	if col0 < 0 || col0+cols > wideCols {
+		o.fail("columns [%d,%d) outside %s's %d", col0, col0+cols, wideName, wideCols)
+	}
+	return cols, wideCols
+}
+
 // SliceCols copies columns [col0, col0+cols) of src[rows, srcCols] into
 // out[rows, cols]; rows is the product of the leading dimensions.
 func (be *Backend) SliceCols(out, src kernels.Tensor, col0 int) error {
 	o := be.ops("slicecols")
 	ot, st := o.out(out, "out"), o.t(src, "src")
-	var cols, scols int
+	cols, scols := colRange(o, ot, "out", st, "src", col0)
 	if o.err == nil {
-		var rows, srows int
-		rows, cols = lastDim(ot)
-		srows, scols = lastDim(st)
-		if rows != srows {
-			o.fail("out %v has %d rows, src %v has %d", ot.shape, rows, st.shape, srows)
-		}
-		if col0 < 0 || col0+cols > scols {
-			o.fail("columns [%d,%d) outside src's %d", col0, col0+cols, scols)
-		}
 		o.noAlias(ot, st, "src")
 	}
 	return o.run(func() error {

@@ -252,17 +252,8 @@ func (be *Backend) SumHeads(out, src kernels.Tensor, srcHeads, heads, dim int) e
 func (be *Backend) SetCols(dst, src kernels.Tensor, col0 int) error {
 	o := be.ops("setcols")
 	dt, st := o.out(dst, "dst"), o.t(src, "src")
-	var cols, dcols int
+	cols, dcols := colRange(o, st, "src", dt, "dst", col0)
 	if o.err == nil {
-		var rows, drows int
-		rows, cols = lastDim(st)
-		drows, dcols = lastDim(dt)
-		if rows != drows {
-			o.fail("dst %v has %d rows, src %v has %d", dt.shape, drows, st.shape, rows)
-		}
-		if col0 < 0 || col0+cols > dcols {
-			o.fail("columns [%d,%d) outside dst's %d", col0, col0+cols, dcols)
-		}
 		o.noAlias(dt, st, "src")
 	}
 	return o.run(func() error {
