@@ -65,13 +65,20 @@ func TestCUDAMatchesGolden(t *testing.T) {
 					}
 					rows = append(rows, v)
 				}
+				// f32: decode is the forward's arithmetic. bf16: the prefill's
+				// flash attention rounds its probabilities to bf16 as product
+				// operands (flash-attention's precision), decode keeps them f32.
+				stepTol := 1e-5
+				if prec == PrecisionBF16 {
+					stepTol = 2e-3
+				}
 				for k, v := range rows {
 					pos := L - 4 + k
 					want := make([]float64, vocab)
 					for i := range want {
 						want[i] = float64(full[pos*vocab+i])
 					}
-					checkRel(t, "decode vs forward", v, want, 1e-5)
+					checkRel(t, "decode vs forward", v, want, stepTol)
 				}
 			})
 		}

@@ -56,7 +56,7 @@ type Backend struct {
 	tid  atomic.Int64 // the owner's OS thread (0 until it starts)
 	prof *profile     // MATSURGERY_CUDA_PROFILE's account, or nil
 
-	flashAttention bool // MATSURGERY_ATTENTION=flash at creation: bf16 attention on flash_attention.cu
+	flashAttention bool // bf16 attention on flash_attention.cu (MATSURGERY_CUDA_ATTENTION at creation, on unless "blocked")
 }
 
 var _ kernels.Backend = (*Backend)(nil)

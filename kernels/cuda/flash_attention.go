@@ -9,34 +9,37 @@ import (
 
 // Tensor-core flash attention (flash_attention.cu): SoftmaxAttention and
 // SoftmaxAttentionBackward for bf16 q, k and v by mma.sync m16n8k16 tiles,
-// FlashAttention-2 style, never holding a score matrix in memory. Off by
-// default: MATSURGERY_ATTENTION=flash, read when the backend is created,
-// turns it on for BF16 q, k, v (all three) with head sizes that are
-// multiples of 16 up to 128; everything else keeps the other paths.
+// FlashAttention-2 style, never holding a score matrix in memory. On by
+// default for BF16 q, k, v (all three) with head sizes that are multiples
+// of 16 up to 128; everything else keeps the other paths.
+// MATSURGERY_CUDA_ATTENTION=blocked, read when the backend is created,
+// turns it off (the blocked cuBLAS paths, measured against it in
+// BenchmarkFlashAttention*).
 // Precision is flash-attention's: the probabilities (and, in the backward,
 // dout and the score gradient) are rounded to bf16 as product operands,
 // the softmax and every sum run in float32; against the float64 reference
 // on the same bf16 inputs the relative error is a few 1e-3.
 
 // attentionEnv names the environment variable that selects the attention
-// path of a new Backend: "flash" or "" (the default paths).
-const attentionEnv = "MATSURGERY_ATTENTION"
+// path of a new Backend: "flash" (the default) or "blocked". It is not
+// MATSURGERY_ATTENTION, which the CLI reads as bench's --attention flag.
+const attentionEnv = "MATSURGERY_CUDA_ATTENTION"
 
 func init() {
 	// Compiled per head size (-DFA_P) and dK/dV query tile (-DFA_BQ).
 	moduleFiles["flash_attention"] = []string{"prelude.cu", "flash_attention.cu"}
 }
 
-// attentionModeFromEnv reads attentionEnv: true for "flash", false when
-// unset or empty, an error for anything else.
+// attentionModeFromEnv reads attentionEnv: true for "flash" or unset,
+// false for "blocked", an error for anything else.
 func attentionModeFromEnv() (bool, error) {
 	switch v := os.Getenv(attentionEnv); v {
-	case "":
-		return false, nil
-	case "flash":
+	case "", "flash":
 		return true, nil
+	case "blocked":
+		return false, nil
 	default:
-		return false, fmt.Errorf("%s=%q: want \"flash\" or unset", attentionEnv, v)
+		return false, fmt.Errorf("%s=%q: want \"flash\" or \"blocked\"", attentionEnv, v)
 	}
 }
 

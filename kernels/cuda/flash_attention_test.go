@@ -22,7 +22,7 @@ import (
 // many terms.
 const flashTol = 5e-3
 
-// flashBackend opens device 0 with MATSURGERY_ATTENTION=flash.
+// flashBackend opens device 0 with MATSURGERY_CUDA_ATTENTION=flash.
 func flashBackend(t *testing.T) *Backend {
 	t.Helper()
 	t.Setenv(attentionEnv, "flash")
@@ -185,13 +185,18 @@ func mustArray(t *testing.T) func(*reference.Array, error) *reference.Array {
 	}
 }
 
-// TestFlashAttentionDispatch: the switch is off by default, refuses
-// unknown values, and with it on only bf16 q, k, v of a head size that
-// is a multiple of 16 up to 128 take the flash kernels.
+// TestFlashAttentionDispatch: the switch is on by default, "blocked"
+// turns it off, unknown values are refused, and with it on only bf16
+// q, k, v of a head size that is a multiple of 16 up to 128 take the
+// flash kernels.
 func TestFlashAttentionDispatch(t *testing.T) {
 	t.Setenv(attentionEnv, "")
+	if be := testBackend(t); !be.flashAttention {
+		t.Errorf("%s unset: flash attention is off", attentionEnv)
+	}
+	t.Setenv(attentionEnv, "blocked")
 	if be := testBackend(t); be.flashAttention {
-		t.Errorf("%s unset: flash attention is on", attentionEnv)
+		t.Errorf("%s=blocked: flash attention is on", attentionEnv)
 	}
 	t.Setenv(attentionEnv, "fast")
 	if be, err := New(0); err == nil {
@@ -239,20 +244,21 @@ func TestFlashAttentionDispatch(t *testing.T) {
 	}
 }
 
-// TestFlashConformance runs the shared suites with the switch on: the
-// float32 attention they check must keep its paths and tolerances.
-func TestFlashConformance(t *testing.T) {
+// TestBlockedConformance runs the shared suites with flash attention
+// off (MATSURGERY_CUDA_ATTENTION=blocked), so the blocked cuBLAS paths
+// that the flash kernels replace by default keep their conformance.
+func TestBlockedConformance(t *testing.T) {
 	if ok, why := Available(); !ok {
 		t.Skipf("no CUDA device: %s; %s", why, howToRun)
 	}
-	t.Setenv(attentionEnv, "flash")
+	t.Setenv(attentionEnv, "blocked")
 	newBackend := func() kernels.Backend {
 		be, err := New(0)
 		if err != nil {
 			t.Fatalf("New(0): %v", err)
 		}
-		if !be.(*Backend).flashAttention {
-			t.Fatalf("%s=flash: off", attentionEnv)
+		if be.(*Backend).flashAttention {
+			t.Fatalf("%s=blocked: flash is on", attentionEnv)
 		}
 		return be
 	}

@@ -293,7 +293,7 @@ func (be *Backend) SoftmaxAttention(out, q, k, v kernels.Tensor, scale float32, 
 		o.fail("head size %d > %d is not supported", s.p, maxAttentionHead)
 	}
 	return o.run(func() error {
-		if be.useFlash(s) { // MATSURGERY_ATTENTION=flash (flash_attention.go)
+		if be.useFlash(s) { // flash unless MATSURGERY_CUDA_ATTENTION=blocked (flash_attention.go)
 			return be.flashForward(o.op, s, scale, causal, 0, false)
 		}
 		if useAttentionGEMM(s, causal) {

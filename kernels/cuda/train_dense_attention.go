@@ -181,7 +181,7 @@ func (be *Backend) SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out kerne
 	o := be.ops("softmaxattentionbackward")
 	s, dqt, dkt, dvt, dot := be.attnGradOperands(o, dq, dk, dv, dout, q, k, v, out, scale)
 	return o.run(func() error {
-		if be.useFlash(s) { // MATSURGERY_ATTENTION=flash (flash_attention.go)
+		if be.useFlash(s) { // flash unless MATSURGERY_CUDA_ATTENTION=blocked (flash_attention.go)
 			return be.flashBackward(o.op, s, dqt, dkt, dvt, dot, scale, causal)
 		}
 		a := &attnBlock{be: be, what: o.op, q: s.C, k: s.B, v: s.x, out: s.y, nb: s.nb, l: s.l, h: s.h, hkv: s.hb, p: s.p,
