@@ -98,6 +98,7 @@ type DeviceStudent struct {
 	opts    DeviceOptions
 	bf16    bool
 	attn16  bool // bf16 precision and the backend's attention takes BF16 q, k, v (forward and backward)
+	scan16  bool // bf16 precision and the backend's chunked scan takes BF16 x, B, C (forward and backward)
 	sizes   textSizes
 	teacher *model.Model // nil: no teacher (cross-entropy alone)
 	base    *model.Model // frozen weights and the vision tower
@@ -260,6 +261,7 @@ func loadDeviceStudent(dir string, be kernels.Backend, teacher *model.Model, opt
 	}
 	if ds.bf16 {
 		ds.attn16 = attentionTakesBF16(be, tr)
+		ds.scan16 = scanTakesBF16(be, tr)
 	}
 	return ds, nil
 }
@@ -294,6 +296,40 @@ func attentionTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
 	}
 	return be.SoftmaxAttention(out, q, k, v, 0.5, true) == nil &&
 		tr.SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out, 0.5, true) == nil
+}
+
+// scanTakesBF16 reports whether the backend's chunked scan, and its
+// backward, take BF16 x, B and C (the CUDA backend's do, on its
+// tensor-core scan; the CPU backend's take F32 only), by running both on
+// a tiny case.
+func scanTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
+	var owned []kernels.Tensor
+	defer func() {
+		for _, t := range owned {
+			be.Free(t)
+		}
+	}()
+	tensor := func(dt kernels.DType, vals []float32, shape ...int) kernels.Tensor {
+		t, err := be.Upload(vals, dt, shape...)
+		if err != nil {
+			return nil
+		}
+		owned = append(owned, t)
+		return t
+	}
+	xv := []float32{1, -0.5, 0.25, 2, 0.5, 1, -1, 0.5} // [1,2,1,4]: b, l, heads, head size and d_state
+	x, b, c := tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4)
+	dt, a := tensor(kernels.F32, []float32{0.5, 0.25}, 1, 2, 1), tensor(kernels.F32, []float32{-1}, 1)
+	y, dy := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
+	dx, dB, dC := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
+	ddt, dA := tensor(kernels.F32, []float32{0, 0}, 1, 2, 1), tensor(kernels.F32, []float32{0}, 1)
+	for _, t := range []kernels.Tensor{x, b, c, dt, a, y, dy, dx, dB, dC, ddt, dA} {
+		if t == nil {
+			return false
+		}
+	}
+	return be.SSDChunkScan(y, x, dt, a, b, c, nil, nil, 64) == nil &&
+		tr.SSDChunkScanBackward(dx, ddt, dA, dB, dC, nil, dy, x, dt, a, b, c, nil, 64) == nil
 }
 
 // checkTeacher refuses a teacher that cannot have produced the student.

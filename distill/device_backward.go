@@ -257,8 +257,12 @@ func (ds *DeviceStudent) mixerBackward(p *devPlan, l *devLayer, x, dmix, dh kern
 	if err := ds.mixerInputs(p, mx, sv); err != nil {
 		return err
 	}
+	x, B, C, err := ds.scanInputs(p)
+	if err != nil {
+		return err
+	}
 	if err := step("scan", tr.SSDChunkScanBackward(p.dx4, p.ddt, mx.dA, p.dB4, p.dC4, mx.d.grad(), p.dy4,
-		p.x4, p.dt, mx.a, p.B4, p.C4, mx.d.data(), ds.opts.Chunk)); err != nil {
+		x, p.dt, mx.a, B, C, mx.d.data(), ds.opts.Chunk)); err != nil {
 		return err
 	}
 	if err := step("dt softplus", tr.DtSoftplusBackward(p.dRaw, mx.dtBias.grad(), p.ddt, p.dtRaw, mx.dtBias.data())); err != nil {

@@ -123,6 +123,9 @@ func TestDeviceStepCUDA(t *testing.T) {
 			if !b16.attn16 {
 				t.Error("bf16: the CUDA attention was found not to take bf16 q, k, v")
 			}
+			if !b16.scan16 {
+				t.Error("bf16: the CUDA scan was found not to take bf16 x, B, C")
+			}
 			b := runDeviceUpdate(t, b16, c.cfg, samples, lr, maxNorm)
 			worst := 0.0
 			for name, g := range dev.grads {

@@ -214,7 +214,11 @@ func (ds *DeviceStudent) mixerForward(p *devPlan, mx *devMixer, sv *layerSaved, 
 	if err := ds.mixerInputs(p, mx, sv); err != nil {
 		return err
 	}
-	if err := be.SSDChunkScan(sv.y4, p.x4, p.dt, mx.a, p.B4, p.C4, mx.d.data(), nil, ds.opts.Chunk); err != nil {
+	x, B, C, err := ds.scanInputs(p)
+	if err != nil {
+		return err
+	}
+	if err := be.SSDChunkScan(sv.y4, x, p.dt, mx.a, B, C, mx.d.data(), nil, ds.opts.Chunk); err != nil {
 		return fmt.Errorf("mamba scan: %w", err)
 	}
 	if err := ds.gatedNorm(p, mx, sv); err != nil {
@@ -224,6 +228,27 @@ func (ds *DeviceStudent) mixerForward(p *devPlan, mx *devMixer, sv *layerSaved, 
 		return fmt.Errorf("mamba out_proj: %w", err)
 	}
 	return nil
+}
+
+// scanInputs returns the scan's x, B and C (mixerInputs' p.x4, p.B4,
+// p.C4): as they are, or rounded to bf16 when the student's precision is
+// bf16 and the backend's scan takes BF16 (as under the reference's
+// autocast, where the scan's inputs come out of bf16 products). Forward
+// and backward read the same rounded values.
+func (ds *DeviceStudent) scanInputs(p *devPlan) (x, B, C kernels.Tensor, err error) {
+	if !ds.scan16 {
+		return p.x4, p.B4, p.C4, nil
+	}
+	if x, err = ds.lowp(p, p.x4, lowScanX); err != nil {
+		return nil, nil, nil, err
+	}
+	if B, err = ds.lowp(p, p.B4, lowScanB); err != nil {
+		return nil, nil, nil, err
+	}
+	if C, err = ds.lowp(p, p.C4, lowScanC); err != nil {
+		return nil, nil, nil, err
+	}
+	return x, B, C, nil
 }
 
 // mixerInputs writes the scan's inputs from the saved in_proj and conv

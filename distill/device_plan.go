@@ -46,7 +46,7 @@ type lowKey struct{ slot, n int }
 
 // The roles of bf16 scratch buffers: a product's left operand, the right
 // operand of a weight gradient, a normed input that feeds two products,
-// and attention's q, k and v.
+// attention's q, k and v, and the scan's x, B and C.
 const (
 	lowA = iota
 	lowB
@@ -54,6 +54,9 @@ const (
 	lowQ
 	lowK
 	lowV
+	lowScanX
+	lowScanB
+	lowScanC
 )
 
 // devPlan holds every activation of one sequence length, one image count
