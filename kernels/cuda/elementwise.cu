@@ -112,3 +112,113 @@ extern "C" __global__ void k_rope(void* x, int xbf, i64 pairs, int seqlen, int h
         st_elem(x, xbf, base + d + half, (float)(x2 * c + x1 * s));
     }
 }
+
+// ---- Row-op kernels, version 2 (ops.go's rowOpsV1 = false): each dtype
+// pair its own kernel (no per-element flag tests), 16-byte vector loads
+// where the launch code found the operands aligned, and 2-D grids (blocks
+// of columns × rows) instead of a division per element. The arithmetic
+// of every element is the one of the kernel above it replaces, so the
+// results are the same bits.
+
+#ifdef MATSURGERY_EMU
+struct __attribute__((aligned(16))) ew_f4 {
+    float x, y, z, w;
+};
+struct __attribute__((aligned(8))) ew_u2 {
+    unsigned x, y;
+};
+#else
+typedef float4 ew_f4;
+typedef uint2 ew_u2;
+#endif
+
+// Four bf16 (8 bytes) to floats and back.
+__device__ __forceinline__ ew_f4 ew_bf4_to_f4(ew_u2 u) {
+    ew_f4 r;
+    r.x = bf16_lo(u.x);
+    r.y = bf16_hi(u.x);
+    r.z = bf16_lo(u.y);
+    r.w = bf16_hi(u.y);
+    return r;
+}
+__device__ __forceinline__ ew_u2 ew_f4_to_bf4(ew_f4 v) {
+    ew_u2 r;
+    r.x = (unsigned)f32_to_bf16(v.x) | ((unsigned)f32_to_bf16(v.y) << 16);
+    r.y = (unsigned)f32_to_bf16(v.z) | ((unsigned)f32_to_bf16(v.w) << 16);
+    return r;
+}
+
+// k_cvt_f32_bf16 / k_cvt_bf16_f32: out = a converted (k_unary UN_COPY);
+// a and out aligned to their 4-element vectors (16 bytes f32, 8 bf16).
+extern "C" __global__ void k_cvt_f32_bf16(bf16_t* out, const float* a, i64 n) {
+    i64 nv = n >> 2;
+    GRID_STRIDE(i, nv) { ((ew_u2*)out)[i] = ew_f4_to_bf4(((const ew_f4*)a)[i]); }
+    GRID_STRIDE(i, n - 4 * nv) { out[4 * nv + i] = f32_to_bf16(a[4 * nv + i]); }
+}
+extern "C" __global__ void k_cvt_bf16_f32(float* out, const bf16_t* a, i64 n) {
+    i64 nv = n >> 2;
+    GRID_STRIDE(i, nv) { ((ew_f4*)out)[i] = ew_bf4_to_f4(((const ew_u2*)a)[i]); }
+    GRID_STRIDE(i, n - 4 * nv) { out[4 * nv + i] = bf16_to_f32(a[4 * nv + i]); }
+}
+
+// gelu_d: unary's UN_GELU_ERF (tanhForm 0) or UN_GELU_TANH, in double.
+__device__ __forceinline__ float gelu_d(float x, int tanhForm) {
+    double v = (double)x;
+    if (tanhForm) return (float)(0.5 * v * (1.0 + tanh(0.79788456080286535588 * (v + 0.044715 * v * v * v))));
+    return (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
+}
+
+// k_gelu_f32: out = GELU(a), float32, a and out 16-byte aligned (out may
+// be a).
+extern "C" __global__ void k_gelu_f32(float* out, const float* a, i64 n, int tanhForm) {
+    i64 nv = n >> 2;
+    GRID_STRIDE(i, nv) {
+        ew_f4 v = ((const ew_f4*)a)[i];
+        v.x = gelu_d(v.x, tanhForm);
+        v.y = gelu_d(v.y, tanhForm);
+        v.z = gelu_d(v.z, tanhForm);
+        v.w = gelu_d(v.w, tanhForm);
+        ((ew_f4*)out)[i] = v;
+    }
+    GRID_STRIDE(i, n - 4 * nv) { out[4 * nv + i] = gelu_d(a[4 * nv + i], tanhForm); }
+}
+
+// k_add_bias_rows: x[r, j] += bias[j] over rows rows of n (float32). Grid
+// (column blocks, row strides): thread j keeps its bias (vec: 4 columns,
+// n % 4 == 0, x and bias 16-byte aligned) and walks rows blockIdx.y,
+// blockIdx.y + gridDim.y, …
+extern "C" __global__ void k_add_bias_rows(float* x, const float* bias, int rows, int n, int vec) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        if (4 * j >= n) return;
+        ew_f4 b = ((const ew_f4*)bias)[j];
+        for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+            ew_f4* p = (ew_f4*)(x + (i64)r * n) + j;
+            ew_f4 v = *p;
+            v.x += b.x;
+            v.y += b.y;
+            v.z += b.z;
+            v.w += b.w;
+            *p = v;
+        }
+    } else {
+        if (j >= n) return;
+        float b = bias[j];
+        for (int r = blockIdx.y; r < rows; r += gridDim.y) x[(i64)r * n + j] += b;
+    }
+}
+
+// k_slice_cols_rows: out[r, j] = src[r, col0 + j], j < cols (float32),
+// grid as k_add_bias_rows; vec: 4 columns a thread (cols, scols and col0
+// multiples of 4, out and src 16-byte aligned).
+extern "C" __global__ void k_slice_cols_rows(float* out, const float* src, int rows, int cols, int scols, int col0, int vec) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        if (4 * j >= cols) return;
+        for (int r = blockIdx.y; r < rows; r += gridDim.y)
+            ((ew_f4*)(out + (i64)r * cols))[j] = ((const ew_f4*)(src + (i64)r * scols + col0))[j];
+    } else {
+        if (j >= cols) return;
+        for (int r = blockIdx.y; r < rows; r += gridDim.y) out[(i64)r * cols + j] = src[(i64)r * scols + col0 + j];
+    }
+}

@@ -17,6 +17,56 @@ import (
 
 const blockElementwise = 256
 
+// rowOpsV1 switches the row and elementwise operations of the training
+// path back to their first kernels: LayerNorm, RMSNorm and GatedRMSNorm
+// (k_group_norm, a warp a group, instead of k_row_norm, a block a group
+// held in registers), GELU and Convert (k_unary instead of k_gelu_f32,
+// k_cvt_f32_bf16, k_cvt_bf16_f32), AddBias and SliceCols (k_add_bias,
+// k_slice_cols, a division per element, instead of the 2-D k_add_bias_rows,
+// k_slice_cols_rows), GELUBackward and Dropout (k_gelu_backward, k_dropout
+// instead of k_gelu_backward_v4, k_dropout_rows). Both give the same
+// results (rowops_test.go); false (the default) takes the second kernels,
+// which rowops_bench_test.go measures against the first.
+var rowOpsV1 = false
+
+// rowBlock is the block of the 2-D row kernels: rowBlock threads across
+// the columns, each walking rows rowStride apart.
+const rowBlock = 128
+
+// rowGrid is the grid of a 2-D row kernel over rows rows of colThreads
+// threads: about 4 rows a thread.
+func rowGrid(rows, colThreads int) dims {
+	return dims{max(1, (colThreads+rowBlock-1)/rowBlock), max(1, min((rows+3)/4, 65535)), 1}
+}
+
+// vecAligned reports whether every non-nil tensor starts on a 4-element
+// boundary (16 bytes f32, 8 bytes bf16), so 4-element vector accesses at
+// multiples of 4 elements are aligned.
+func vecAligned(ts ...*Tensor) bool {
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		size := uint64(4)
+		if t.dtype == kernels.BF16 {
+			size = 2
+		}
+		if t.ptr%(4*size) != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// rowKernel launches kernel fn of the core module on a 2-D row grid.
+func (be *Backend) rowKernel(what, fn string, grid dims, args ...any) error {
+	f, err := be.kernel("core", fn)
+	if err != nil {
+		return err
+	}
+	return be.launch(what, f, grid, dims{rowBlock, 1, 1}, 0, args...)
+}
+
 // ops is the checked-operand helper of one call.
 type ops struct {
 	be  *Backend
@@ -145,7 +195,18 @@ func (be *Backend) unary(op string, code int, s float32, out, a kernels.Tensor, 
 		o.shape(at, "input", ot.shape...)
 	}
 	return o.run(func() error {
-		return be.elementwise(op, "k_unary", int64(ot.n), ot, ot.bf(), at, at.bf(), int64(ot.n), code, s)
+		n := int64(ot.n)
+		if !rowOpsV1 && vecAligned(ot, at) {
+			switch {
+			case (code == 3 || code == 4) && ot.dtype == kernels.F32 && at.dtype == kernels.F32:
+				return be.elementwise(op, "k_gelu_f32", (n+3)/4, ot, at, n, code-3)
+			case code == 0 && ot.dtype == kernels.BF16 && at.dtype == kernels.F32:
+				return be.elementwise(op, "k_cvt_f32_bf16", (n+3)/4, ot, at, n)
+			case code == 0 && ot.dtype == kernels.F32 && at.dtype == kernels.BF16:
+				return be.elementwise(op, "k_cvt_bf16_f32", (n+3)/4, ot, at, n)
+			}
+		}
+		return be.elementwise(op, "k_unary", n, ot, ot.bf(), at, at.bf(), n, code, s)
 	})
 }
 
@@ -183,7 +244,13 @@ func (be *Backend) AddBias(x, bias kernels.Tensor) error {
 		o.shape(bt, "bias", n)
 	}
 	return o.run(func() error {
-		_, n := lastDim(xt)
+		rows, n := lastDim(xt)
+		if !rowOpsV1 {
+			if n%4 == 0 && vecAligned(xt, bt) {
+				return be.rowKernel("addbias", "k_add_bias_rows", rowGrid(rows, n/4), xt, bt, rows, n, 1)
+			}
+			return be.rowKernel("addbias", "k_add_bias_rows", rowGrid(rows, n), xt, bt, rows, n, 0)
+		}
 		return be.elementwise("addbias", "k_add_bias", int64(xt.n), xt, xt.bf(), bt, bt.bf(), int64(xt.n), n)
 	})
 }
@@ -217,6 +284,13 @@ func (be *Backend) SliceCols(out, src kernels.Tensor, col0 int) error {
 		o.noAlias(ot, st, "src")
 	}
 	return o.run(func() error {
+		if !rowOpsV1 {
+			rows := ot.n / max(cols, 1)
+			if cols%4 == 0 && scols%4 == 0 && col0%4 == 0 && vecAligned(ot, st) {
+				return be.rowKernel("slicecols", "k_slice_cols_rows", rowGrid(rows, cols/4), ot, st, rows, cols, scols, col0, 1)
+			}
+			return be.rowKernel("slicecols", "k_slice_cols_rows", rowGrid(rows, cols), ot, st, rows, cols, scols, col0, 0)
+		}
 		return be.elementwise("slicecols", "k_slice_cols", int64(ot.n), ot, ot.bf(), st, st.bf(), int64(ot.n), cols, scols, col0)
 	})
 }
@@ -249,11 +323,33 @@ func checkEps(o *ops, eps float32) {
 	}
 }
 
-// groupNorm launches k_group_norm: one warp per group.
+// Groups of rowNormMin … rowNormMax channels go to k_row_norm (a block
+// a group, held in registers: at most 256 threads of 16 values); others,
+// and all under rowOpsV1, to k_group_norm (a warp a group).
+const rowNormMin, rowNormMax = 256, 256 * 16
+
+// rowNormThreads is k_row_norm's block for a group: about 8 channels a
+// thread, 64 to 256 threads.
+func rowNormThreads(group int) int {
+	t := ((group+7)/8 + 31) / 32 * 32
+	return min(256, max(64, t))
+}
+
+// groupNorm launches k_row_norm or k_group_norm (see rowNormMin).
 func (be *Backend) groupNorm(o *ops, out, y, z, w, bias *Tensor, group int, eps float32, mode int) error {
 	_, n := lastDim(y)
 	groups := int64(y.n / group)
 	return o.run(func() error {
+		if !rowOpsV1 && group >= rowNormMin && group <= rowNormMax {
+			f, err := be.kernel("core", "k_row_norm")
+			if err != nil {
+				return err
+			}
+			vec := group%4 == 0 && n%4 == 0 && vecAligned(out, y, z, w, bias)
+			grid := int(min(groups, int64(be.sms)*32))
+			return be.launch(o.op, f, dims{grid, 1, 1}, dims{rowNormThreads(group), 1, 1}, 0,
+				out, out.bf(), y, y.bf(), z, z.bf(), w, w.bf(), bias, bias.bf(), groups, n, group, eps, mode, vec)
+		}
 		f, err := be.kernel("core", "k_group_norm")
 		if err != nil {
 			return err

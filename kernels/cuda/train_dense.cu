@@ -27,6 +27,42 @@ extern "C" __global__ void k_gelu_backward(float* dx, const float* dy, const flo
     }
 }
 
+#ifdef MATSURGERY_EMU
+struct __attribute__((aligned(16))) td_f4 {
+    float x, y, z, w;
+};
+#else
+typedef float4 td_f4;
+#endif
+
+// td_gelu_grad: k_gelu_backward's dy·gelu'(x), the same arithmetic.
+__device__ __forceinline__ float td_gelu_grad(float dyv, float xv, int tanhForm) {
+    double v = (double)xv, d;
+    if (tanhForm) {
+        const double c = 0.79788456080286535588, a = 0.044715;
+        double t = tanh(c * (v + a * v * v * v));
+        d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * a * v * v);
+    } else {
+        d = 0.5 * (1.0 + erf(v * 0.70710678118654752440)) + v * exp(-0.5 * v * v) * 0.39894228040143267794;
+    }
+    return (float)((double)dyv * d);
+}
+
+// k_gelu_backward_v4: k_gelu_backward (ops' rowOpsV1 = false) with 16-byte
+// vector loads and stores (dx, dy, x 16-byte aligned); dx may alias dy or x.
+extern "C" __global__ void k_gelu_backward_v4(float* dx, const float* dy, const float* x, i64 n, int tanhForm) {
+    i64 nv = n >> 2;
+    TD_GRID_STRIDE(i, nv) {
+        td_f4 g = ((const td_f4*)dy)[i], v = ((const td_f4*)x)[i];
+        g.x = td_gelu_grad(g.x, v.x, tanhForm);
+        g.y = td_gelu_grad(g.y, v.y, tanhForm);
+        g.z = td_gelu_grad(g.z, v.z, tanhForm);
+        g.w = td_gelu_grad(g.w, v.w, tanhForm);
+        ((td_f4*)dx)[i] = g;
+    }
+    TD_GRID_STRIDE(i, n - 4 * nv) { dx[4 * nv + i] = td_gelu_grad(dy[4 * nv + i], x[4 * nv + i], tanhForm); }
+}
+
 // k_silu_backward: dx = dy·σ(x)·(1 + x·(1 − σ(x))).
 extern "C" __global__ void k_silu_backward(float* dx, const float* dy, const float* x, i64 n) {
     TD_GRID_STRIDE(i, n) {
@@ -226,6 +262,31 @@ extern "C" __global__ void k_dropout(float* out, const float* x, const u64* tabl
         hi *= 0xda942042e4dd58b5ull;
         hi ^= hi >> 48;
         hi *= (s.lo | 1ull);
+        out[i] = (hi >> 11) >= thr ? x[i] * scale : 0.f;
+    }
+}
+
+// k_dropout_rows: k_dropout (ops' rowOpsV1 = false) on a grid of (column
+// blocks, row strides): thread j reads its jump-table entry once and walks
+// rows blockIdx.y, blockIdx.y + gridDim.y, … With s0 = (seed, r), r =
+// splitmix64(row), the state M·s0 + C mod 2^128 is lo = M.lo·r + C.lo,
+// hi = mulhi(M.lo, r) + M.hi·r + (M.lo·seed + C.hi) + carry: the same
+// bits as td_add(td_mul(M, s0), C), the row-independent part hoisted.
+extern "C" __global__ void k_dropout_rows(float* out, const float* x, const u64* table, int rows, int d, u64 seed, u64 thr, float scale) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= d) return;
+    const u64* e = table + 4 * (i64)j;
+    u64 mhi = e[0], mlo = e[1], clo = e[3];
+    u64 k = mlo * seed + e[2];
+    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
+        u64 r = td_splitmix64((u64)row);
+        u64 lo0 = mlo * r, lo = lo0 + clo;
+        u64 hi = td_mulhi(mlo, r) + mhi * r + k + (lo < lo0 ? 1ull : 0ull);
+        hi ^= hi >> 32;
+        hi *= 0xda942042e4dd58b5ull;
+        hi ^= hi >> 48;
+        hi *= (lo | 1ull);
+        i64 i = (i64)row * d + j;
         out[i] = (hi >> 11) >= thr ? x[i] * scale : 0.f;
     }
 }

@@ -160,7 +160,11 @@ func (be *Backend) GELUBackward(dx, dy, x kernels.Tensor, form kernels.GELUForm)
 		o.fail("unknown GELU form %d", form)
 	}
 	return o.run(func() error {
-		return be.denseKernel(o.op, "k_gelu_backward", int64(dxt.n), dxt, dyt, xt, int64(dxt.n), tanhForm)
+		n := int64(dxt.n)
+		if !rowOpsV1 && vecAligned(dxt, dyt, xt) {
+			return be.denseKernel(o.op, "k_gelu_backward_v4", (n+3)/4, dxt, dyt, xt, n, tanhForm)
+		}
+		return be.denseKernel(o.op, "k_gelu_backward", n, dxt, dyt, xt, n, tanhForm)
 	})
 }
 
@@ -306,6 +310,14 @@ func (be *Backend) Dropout(out, x kernels.Tensor, seed uint64, prob float64) err
 		}
 		thr := uint64(prob * (1 << 53))
 		scale := float32(1 / (1 - prob))
+		if !rowOpsV1 {
+			f, err := be.kernel("train_dense", "k_dropout_rows")
+			if err != nil {
+				return err
+			}
+			rows := xt.n / max(d, 1)
+			return be.launch(o.op, f, rowGrid(rows, d), dims{rowBlock, 1, 1}, 0, ot, xt, devPtr(table), rows, d, int64(seed), int64(thr), scale)
+		}
 		return be.denseKernel(o.op, "k_dropout", int64(xt.n), ot, xt, devPtr(table), int64(xt.n), d, int64(seed), int64(thr), scale)
 	})
 }
