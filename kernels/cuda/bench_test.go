@@ -256,10 +256,10 @@ func tcSharedBytesV1(q, pb, n int) int {
 }
 
 // BenchmarkSSDChunkScanVariants: the tensor-core scan against its previous
-// version (ssd_tc_v1.cu) on the same inputs, other chunk lengths, and the
-// current kernel with stages left out (SSD_SKIP; wrong results, for the
-// time breakdown only). Complete variants are checked against the
-// sequential recurrence.
+// version (ssd_tc_v1.cu) and its pipelined version (ssd_tc2.cu, the "tc2-"
+// variants) on the same inputs, other chunk lengths, and the kernels with
+// stages left out (SSD_SKIP; wrong results, for the time breakdown only).
+// Complete variants are checked against the sequential recurrence.
 func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	be := benchBackend(b)
 	rng := rand.New(rand.NewPCG(19, 20))
@@ -303,6 +303,15 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	}{{1, "no-Yoff"}, {2, "no-G-W"}, {4, "no-Wx"}, {8, "no-state"}, {16, "no-loads"}, {31, "nothing"}} {
 		vs = append(vs, v2("cw16-"+skip.name, 64, 16, fmt.Sprintf("SSD_SKIP=%d", skip.bit)))
 	}
+	// ssd_tc2.cu (one barrier a chunk; tcPipelined): both warp widths at
+	// chunks of 64 and 32, and at 64 without G/W (what the pipelining can
+	// hide at best).
+	tc2 := func(name string, chunk, cw int, defs ...string) variant {
+		return variant{name, "ssd_tc2", "k_ssd_tc2", chunk, cw, tc2SharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
+	}
+	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), v2("cw8", 64, 8), tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16),
+		tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16),
+		tc2("tc2-cw8-no-G-W", 64, 8, "SSD_SKIP=2"), tc2("tc2-cw16-no-G-W", 64, 16, "SSD_SKIP=2"))
 	for _, v := range vs {
 		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {
 			pb := be.pickSplit(s, 16, func(pb int) int { return v.smem(v.chunk, pb, benchN) })

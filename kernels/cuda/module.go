@@ -23,6 +23,8 @@ type module struct {
 var moduleFiles = map[string][]string{
 	"core":   {"prelude.cu", "elementwise.cu", "norm.cu", "ssd.cu", "ssd_common.cu", "ssd_cc.cu", "attention.cu"},
 	"ssd_tc": {"prelude.cu", "ssd_common.cu", "ssd_tc.cu"}, // compiled per shape (-DSSD_Q, -DSSD_PB, -DSSD_N)
+	// ssd_tc.cu pipelined to one barrier a chunk (tcPipelined, ssd_ops.go).
+	"ssd_tc2": {"prelude.cu", "ssd_common.cu", "ssd_tc2.cu"},
 	// The previous tensor-core scan, for the side-by-side benchmark.
 	"ssd_tc_v1": {"prelude.cu", "ssd_common.cu", "ssd_tc_v1.cu"},
 }

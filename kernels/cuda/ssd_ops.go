@@ -166,14 +166,39 @@ func tcSharedBytes(q, pb, n int) int {
 	return 2*(2*q*sx+2*q*sn+q*sn+2*q*sq) + 4*8*q
 }
 
-// tcBlockBytes is tcSharedBytes for the splits ssd_tc.cu accepts, and
-// math.MaxInt (fits nowhere) for the others: its pb/cw warps copy a row of
-// B (n/8 pieces of 16 bytes) in one pass, so n ≤ 256·pb/cw.
+// tcBlockBytes is the dynamic shared memory of the tensor-core scan the
+// backend runs for chunks of q (tc2SharedBytes when tcPipelinedFor(q),
+// else tcSharedBytes) for the splits it accepts, and math.MaxInt (fits
+// nowhere) for the others: its pb/cw warps copy a row of B (n/8 pieces of
+// 16 bytes) in one pass, so n ≤ 256·pb/cw.
 func tcBlockBytes(q, pb, n int) int {
 	if n > 256*pb/tcCols(q, pb) {
 		return math.MaxInt
 	}
+	if tcPipelinedFor(q) {
+		return tc2SharedBytes(q, pb, n)
+	}
 	return tcSharedBytes(q, pb, n)
+}
+
+// tcPipelined is the switch to ssd_tc2.cu (k_ssd_tc2): the same scan and
+// rounding as ssd_tc.cu, software-pipelined to one barrier a chunk (W of
+// chunk c+1 computed during chunk c), for chunks of 32 and 64. Off until
+// it is measured faster on the H200 (BenchmarkSSDChunkScanVariants, the
+// "tc2-" variants); set it to true to make it the default there.
+var tcPipelined = false
+
+// tcPipelinedFor reports whether chunks of q run on ssd_tc2.cu.
+func tcPipelinedFor(q int) bool { return tcPipelined && (q == 32 || q == 64) }
+
+// tc2SharedBytes is ssd_tc2.cu's dynamic shared memory: x in two stages,
+// B and C in three, W (its causal 16×16 blocks, hi and lo) in two, and
+// three stages of the chunk scalars.
+func tc2SharedBytes(q, pb, n int) int {
+	sx, sn := pad16(pb), pad16(n)
+	lb := q / 16
+	gb := lb * (lb + 1) / 2
+	return 2*(2*q*sx+6*q*sn) + 2*2*gb*512 + 3*4*4*q
 }
 
 func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
@@ -212,16 +237,20 @@ func tcCols(q, pb int) int {
 	return min(cw, pb)
 }
 
-// scanTC launches ssd_tc.cu; extra are further -D definitions (the
-// benchmarks compare variants with them).
+// scanTC launches ssd_tc.cu, or ssd_tc2.cu when tcPipelinedFor(q); extra
+// are further -D definitions (the benchmarks compare variants with them).
 func (be *Backend) scanTC(what string, s *scan, q, pb int, extra ...string) error {
 	cw := tcCols(q, pb)
+	if tcPipelinedFor(q) {
+		return be.launchTC(what, "ssd_tc2", "k_ssd_tc2", tc2SharedBytes(q, pb, s.n), s, q, pb, cw,
+			append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, extra...)...)
+	}
 	return be.launchTC(what, "ssd_tc", "k_ssd_tc", tcSharedBytes(q, pb, s.n), s, q, pb, cw,
 		append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, extra...)...)
 }
 
-// launchTC launches kernel fn of module mod (ssd_tc.cu, or its previous
-// version for the benchmarks) with smem bytes of dynamic shared memory
+// launchTC launches kernel fn of module mod (ssd_tc.cu, ssd_tc2.cu, or
+// the previous version for the benchmarks) with smem bytes of dynamic shared memory
 // and cw headdim columns a warp.
 func (be *Backend) launchTC(what, mod, fn string, smem int, s *scan, q, pb, cw int, extra ...string) error {
 	defs := append([]string{fmt.Sprintf("SSD_Q=%d", q), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", s.n)}, extra...)
