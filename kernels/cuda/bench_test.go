@@ -304,13 +304,14 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 		vs = append(vs, v2("cw16-"+skip.name, 64, 16, fmt.Sprintf("SSD_SKIP=%d", skip.bit)))
 	}
 	// ssd_tc2.cu (one barrier a chunk; tcPipelined): both warp widths at
-	// chunks of 64 and 32, and at 64 without G/W (what the pipelining can
-	// hide at best).
+	// chunks of 64 and 32, W computed after the state update instead of
+	// first ("-late"), and at 64 without G/W (what the pipelining can hide
+	// at best).
 	tc2 := func(name string, chunk, cw int, defs ...string) variant {
 		return variant{name, "ssd_tc2", "k_ssd_tc2", chunk, cw, tc2SharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
 	}
 	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), v2("cw8", 64, 8), tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16),
-		tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16),
+		tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16), tc2("tc2-cw8-late", 64, 8, "SSD_GW_LATE=1"), tc2("tc2-cw16-late", 64, 16, "SSD_GW_LATE=1"),
 		tc2("tc2-cw8-no-G-W", 64, 8, "SSD_SKIP=2"), tc2("tc2-cw16-no-G-W", 64, 16, "SSD_SKIP=2"))
 	for _, v := range vs {
 		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {

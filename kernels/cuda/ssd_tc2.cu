@@ -77,6 +77,12 @@
 #define SSD_SKIP 0
 #endif
 
+// SSD_GW_LATE=1 computes W of the next chunk after the state update
+// instead of first (same results; the benchmarks compare the two orders).
+#ifndef SSD_GW_LATE
+#define SSD_GW_LATE 0
+#endif
+
 // Blocks per multiprocessor the register budget is sized for.
 #ifndef SSD_MINB
 #define SSD_MINB 2
@@ -310,10 +316,11 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
             if (c + 2 < nchunks) load_bc(c + 2);
         }
         cp_async_commit();
-        // W of chunk c+1. After the last chunk it is computed from stale
+        // W of chunk c+1 (here, or after the state update with
+        // SSD_GW_LATE). After the last chunk it is computed from stale
         // stages into a stage nobody reads: cheaper than a branch that
-        // would keep the compiler from interleaving it with what follows.
-        g_and_w(c + 1);
+        // would keep the compiler from interleaving it with the rest.
+        if (!SSD_GW_LATE) g_and_w(c + 1);
 
         const unsigned sX = sb + OFF_X + (c & 1) * XSTAGE, sB = sb + OFF_B + s3 * NSTAGE, sC = sb + OFF_C + s3 * NSTAGE;
         const unsigned sWH = sb + OFF_WH + (c & 1) * WSTAGE, sWL = sb + OFF_WL + (c & 1) * WSTAGE;
@@ -447,6 +454,8 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
                 for (int j = 0; j < NJ; j++) mma_bf16_16816(hT[i][j], af[i], xl[j]);
             }
         }
+
+        if (SSD_GW_LATE) g_and_w(c + 1);
 
         // Warp 0: the scalars of chunk c+2 into the stage chunk c−1 used
         // (after the rest, so that the chunk's work above is one

@@ -69,60 +69,71 @@ func TestChunkScanTC2(t *testing.T) {
 	be := testBackend(t)
 	rng := rand.New(rand.NewPCG(41, 42))
 	const tol = 2e-5 // as TestChunkScanBF16: float32 operands as two bf16 terms
-	for _, c := range []tc2Case{
-		{nb: 1, l: 150, h: 2, p: 80, n: 80, hx: 2, hb: 1, hc: 1, chunk: 64, cw: 8, pb: 80, state: true, d: true},
-		{nb: 1, l: 150, h: 2, p: 80, n: 80, hx: 2, hb: 1, hc: 1, chunk: 64, cw: 16, pb: 80, state: true, d: true},
-		{nb: 1, l: 100, h: 2, p: 64, n: 64, hx: 1, hb: 2, hc: 1, chunk: 32, cw: 16, pb: 64, state: true, bf16d: true},
-		{nb: 2, l: 70, h: 2, p: 128, n: 128, hx: 2, hb: 2, hc: 2, chunk: 64, cw: 16, pb: 128, state: true, d: true},
-		{nb: 1, l: 64, h: 1, p: 16, n: 16, hx: 1, hb: 1, hc: 1, chunk: 64, cw: 16, pb: 16},
-		{nb: 1, l: 40, h: 3, p: 48, n: 32, hx: 3, hb: 3, hc: 3, chunk: 32, cw: 8, pb: 16, state: true, d: true},
-		{nb: 1, l: 129, h: 2, p: 80, n: 128, hx: 2, hb: 1, hc: 2, chunk: 64, cw: 8, pb: 16, state: true},
-		{nb: 1, l: 128, h: 1, p: 32, n: 64, hx: 1, hb: 1, hc: 1, chunk: 64, cw: 8, pb: 32, d: true, bf16d: true},
-		{nb: 1, l: 97, h: 4, p: 64, n: 80, hx: 2, hb: 4, hc: 1, chunk: 32, cw: 8, pb: 32, state: true, d: true},
-	} {
-		t.Run(fmt.Sprintf("l=%d,p=%d,n=%d,chunk=%d,cw=%d,pb=%d", c.l, c.p, c.n, c.chunk, c.cw, c.pb), func(t *testing.T) {
-			x, xt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hx, c.p)
-			var dt *reference.Array
-			var dtt kernels.Tensor
-			if c.bf16d {
-				dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
-			} else {
-				dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
-			}
-			A, At := f32Array(t, be, rng, -8, -0.5, c.h)
-			B, Bt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hb, c.n)
-			C, Ct := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hc, c.n)
-			var Dv, st []float64
-			s := &scan{x: xt.(*Tensor), dt: dtt.(*Tensor), A: At.(*Tensor), B: Bt.(*Tensor), C: Ct.(*Tensor),
-				nb: c.nb, l: c.l, h: c.h, p: c.p, n: c.n, hx: c.hx, hb: c.hb, hc: c.hc}
-			if c.d {
-				D, Dt := f32Array(t, be, rng, 0.5, 1.5, c.h)
-				Dv, s.D = D.Data, Dt.(*Tensor)
-			}
-			if c.state {
-				sa, stt := f32Array(t, be, rng, -1, 1, c.nb, c.h, c.p, c.n)
-				st, s.state = sa.Data, stt.(*Tensor)
-			}
-			s.y = poisoned(t, be, c.nb, c.l, c.h, c.p).(*Tensor)
-			wantY, wantS := recurrenceGQA(c, x.Data, dt.Data, A.Data, B.Data, C.Data, Dv, st)
-			err := be.do("ssd_tc2", func() error {
-				return be.launchTC("ssd_tc2", "ssd_tc2", "k_ssd_tc2", tc2SharedBytes(c.chunk, c.pb, c.n), s, c.chunk, c.pb, c.cw,
-					fmt.Sprintf("SSD_CW=%d", c.cw))
+	for _, order := range []string{"SSD_GW_LATE=0", "SSD_GW_LATE=1"} {
+		for _, c := range tc2Cases {
+			t.Run(fmt.Sprintf("%s/l=%d,p=%d,n=%d,chunk=%d,cw=%d,pb=%d", order, c.l, c.p, c.n, c.chunk, c.cw, c.pb), func(t *testing.T) {
+				checkTC2(t, be, rng, c, tol, order)
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e := conformance.RelErr(download(t, be, s.y), wantY); !(e <= tol) {
-				t.Errorf("y relative error %.3g > %.3g", e, tol)
-			} else {
-				t.Logf("y relative error %.3g", e)
-			}
-			if c.state {
-				if e := conformance.RelErr(download(t, be, s.state), wantS); !(e <= tol) {
-					t.Errorf("final state relative error %.3g > %.3g", e, tol)
-				}
-			}
-		})
+		}
+	}
+}
+
+// tc2Cases are TestChunkScanTC2's launches.
+var tc2Cases = []tc2Case{
+	{nb: 1, l: 150, h: 2, p: 80, n: 80, hx: 2, hb: 1, hc: 1, chunk: 64, cw: 8, pb: 80, state: true, d: true},
+	{nb: 1, l: 150, h: 2, p: 80, n: 80, hx: 2, hb: 1, hc: 1, chunk: 64, cw: 16, pb: 80, state: true, d: true},
+	{nb: 1, l: 100, h: 2, p: 64, n: 64, hx: 1, hb: 2, hc: 1, chunk: 32, cw: 16, pb: 64, state: true, bf16d: true},
+	{nb: 2, l: 70, h: 2, p: 128, n: 128, hx: 2, hb: 2, hc: 2, chunk: 64, cw: 16, pb: 128, state: true, d: true},
+	{nb: 1, l: 64, h: 1, p: 16, n: 16, hx: 1, hb: 1, hc: 1, chunk: 64, cw: 16, pb: 16},
+	{nb: 1, l: 40, h: 3, p: 48, n: 32, hx: 3, hb: 3, hc: 3, chunk: 32, cw: 8, pb: 16, state: true, d: true},
+	{nb: 1, l: 129, h: 2, p: 80, n: 128, hx: 2, hb: 1, hc: 2, chunk: 64, cw: 8, pb: 16, state: true},
+	{nb: 1, l: 128, h: 1, p: 32, n: 64, hx: 1, hb: 1, hc: 1, chunk: 64, cw: 8, pb: 32, d: true, bf16d: true},
+	{nb: 1, l: 97, h: 4, p: 64, n: 80, hx: 2, hb: 4, hc: 1, chunk: 32, cw: 8, pb: 32, state: true, d: true},
+}
+
+// checkTC2 runs one launch of ssd_tc2.cu (with the further -D def) on
+// fresh inputs and compares y and the final state with recurrenceGQA.
+func checkTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, tol float64, def string) {
+	x, xt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hx, c.p)
+	var dt *reference.Array
+	var dtt kernels.Tensor
+	if c.bf16d {
+		dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
+	} else {
+		dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
+	}
+	A, At := f32Array(t, be, rng, -8, -0.5, c.h)
+	B, Bt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hb, c.n)
+	C, Ct := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hc, c.n)
+	var Dv, st []float64
+	s := &scan{x: xt.(*Tensor), dt: dtt.(*Tensor), A: At.(*Tensor), B: Bt.(*Tensor), C: Ct.(*Tensor),
+		nb: c.nb, l: c.l, h: c.h, p: c.p, n: c.n, hx: c.hx, hb: c.hb, hc: c.hc}
+	if c.d {
+		D, Dt := f32Array(t, be, rng, 0.5, 1.5, c.h)
+		Dv, s.D = D.Data, Dt.(*Tensor)
+	}
+	if c.state {
+		sa, stt := f32Array(t, be, rng, -1, 1, c.nb, c.h, c.p, c.n)
+		st, s.state = sa.Data, stt.(*Tensor)
+	}
+	s.y = poisoned(t, be, c.nb, c.l, c.h, c.p).(*Tensor)
+	wantY, wantS := recurrenceGQA(c, x.Data, dt.Data, A.Data, B.Data, C.Data, Dv, st)
+	err := be.do("ssd_tc2", func() error {
+		return be.launchTC("ssd_tc2", "ssd_tc2", "k_ssd_tc2", tc2SharedBytes(c.chunk, c.pb, c.n), s, c.chunk, c.pb, c.cw,
+			fmt.Sprintf("SSD_CW=%d", c.cw), def)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := conformance.RelErr(download(t, be, s.y), wantY); !(e <= tol) {
+		t.Errorf("y relative error %.3g > %.3g", e, tol)
+	} else {
+		t.Logf("y relative error %.3g", e)
+	}
+	if c.state {
+		if e := conformance.RelErr(download(t, be, s.state), wantS); !(e <= tol) {
+			t.Errorf("final state relative error %.3g > %.3g", e, tol)
+		}
 	}
 }
 
