@@ -310,9 +310,9 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	tc2 := func(name string, chunk, cw int, defs ...string) variant {
 		return variant{name, "ssd_tc2", "k_ssd_tc2", chunk, cw, tc2SharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
 	}
-	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), v2("cw8", 64, 8), tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16),
-		tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16), tc2("tc2-cw8-late", 64, 8, "SSD_GW_LATE=1"), tc2("tc2-cw16-late", 64, 16, "SSD_GW_LATE=1"),
-		tc2("tc2-cw8-no-G-W", 64, 8, "SSD_SKIP=2"), tc2("tc2-cw16-no-G-W", 64, 16, "SSD_SKIP=2"))
+	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), tc2("tc2-cw8-late", 64, 8, "SSD_GW_LATE=1"),
+		tc2("tc2-cw16-late", 64, 16, "SSD_GW_LATE=1"), tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16),
+		tc2("tc2-cw16-no-G-W", 64, 16, "SSD_SKIP=2"))
 	for _, v := range vs {
 		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {
 			pb := be.pickSplit(s, 16, func(pb int) int { return v.smem(v.chunk, pb, benchN) })
