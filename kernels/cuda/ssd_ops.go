@@ -232,10 +232,17 @@ func tcCols(q, pb int) int {
 		cw = 8
 		if q <= 32 {
 			cw = 16
+		} else if tcPipelinedFor(q) {
+			cw = tcPipelinedCols
 		}
 	}
 	return min(cw, pb)
 }
+
+// tcPipelinedCols is the headdim columns a warp of ssd_tc2.cu at chunks
+// of 64 (tcPipelined): 8 as ssd_tc.cu until measured; 16 if the
+// "tc2-cw16" variant of BenchmarkSSDChunkScanVariants is the faster.
+var tcPipelinedCols = 8
 
 // scanTC launches ssd_tc.cu, or ssd_tc2.cu when tcPipelinedFor(q); extra
 // are further -D definitions (the benchmarks compare variants with them).
