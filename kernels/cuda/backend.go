@@ -57,6 +57,8 @@ type Backend struct {
 	prof *profile     // MATSURGERY_CUDA_PROFILE's account, or nil
 
 	flashAttention bool // bf16 attention on flash_attention.cu (MATSURGERY_CUDA_ATTENTION at creation, on unless "blocked")
+
+	pcgJump map[int]uint64 // Dropout's jump tables by row length (device pointers, owner goroutine; freed at Close)
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -170,11 +172,15 @@ func (be *Backend) teardown() {
 		for t := range be.live {
 			_ = d.free(t.ptr, be.stream)
 		}
+		for _, p := range be.pcgJump {
+			_ = d.free(p, be.stream)
+		}
 		call(d.streamSynchronize, be.stream)
 		call(d.streamDestroy, be.stream)
 		be.stream = 0
 	}
 	be.live = nil
+	be.pcgJump = nil
 	if be.ctx != 0 {
 		call(d.primaryCtxRelease, uintptr(be.dev))
 		be.ctx = 0

@@ -222,3 +222,91 @@ extern "C" __global__ void k_slice_cols_rows(float* out, const float* src, int r
         for (int r = blockIdx.y; r < rows; r += gridDim.y) out[(i64)r * cols + j] = src[(i64)r * scols + col0 + j];
     }
 }
+
+// k_causal_conv1d2_<K>_<CV>: k_causal_conv1d (ops.go's rowOpsV1 = false)
+// for float32 operands and k ≤ 8: thread x of block blockIdx.x takes
+// channels c0 = ((blockIdx.x % cblocks)·blockDim.x + x)·CV … (16-byte
+// loads when CV = 4) over segment blockIdx.x / cblocks of seg tokens
+// (numbered across batch rows, nsegb a row), keeping the last K inputs in
+// registers, so each input is read once (K − 1 more at a segment's
+// start). The sum's terms and order are k_causal_conv1d's: the same bits.
+template <int K, int CV>
+__device__ __forceinline__ void causal_conv1d2(float* __restrict__ out, const float* __restrict__ u, const float* __restrict__ w,
+                                               const float* __restrict__ bias, int L, int C, int seg, int nsegb, int cblocks, int silu) {
+    const int c0 = ((blockIdx.x % cblocks) * blockDim.x + threadIdx.x) * CV;
+    if (c0 >= C) return;
+    const int sg = blockIdx.x / cblocks;
+    const i64 b = sg / nsegb;
+    const int s0 = (sg % nsegb) * seg, s1 = min(L, s0 + seg);
+    const float* ub = u + b * L * C + c0;
+    float* ob = out + b * L * C + c0;
+    float wf[CV][K], bf[CV], ring[K][CV];
+#pragma unroll
+    for (int v = 0; v < CV; v++) {
+        bf[v] = bias ? bias[c0 + v] : 0.f;
+#pragma unroll
+        for (int j = 0; j < K; j++) wf[v][j] = w[(i64)(c0 + v) * K + j];
+    }
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        const int t = s0 - K + j;
+#pragma unroll
+        for (int v = 0; v < CV; v++) ring[j][v] = (j >= 1 && t >= 0) ? ub[(i64)t * C + v] : 0.f;
+    }
+#pragma unroll 4
+    for (int t = s0; t < s1; t++) {
+#pragma unroll
+        for (int j = 0; j < K - 1; j++)
+#pragma unroll
+            for (int v = 0; v < CV; v++) ring[j][v] = ring[j + 1][v];
+        float o[CV];
+        if (CV == 4) {
+            ew_f4 a = *(const ew_f4*)(ub + (i64)t * C);
+            ring[K - 1][0] = a.x, ring[K - 1][1] = a.y, ring[K - 1][2] = a.z, ring[K - 1][3] = a.w;
+        } else {
+#pragma unroll
+            for (int v = 0; v < CV; v++) ring[K - 1][v] = ub[(i64)t * C + v];
+        }
+#pragma unroll
+        for (int v = 0; v < CV; v++) {
+            double acc = bias ? (double)bf[v] : 0.0;
+#pragma unroll
+            for (int j = 0; j < K; j++) {
+                if (t - K + 1 + j < 0) continue;
+                acc += (double)wf[v][j] * (double)ring[j][v];
+            }
+            if (silu) acc = acc / (1.0 + exp(-acc));
+            o[v] = (float)acc;
+        }
+        if (CV == 4) {
+            ew_f4 a;
+            a.x = o[0], a.y = o[1], a.z = o[2], a.w = o[3];
+            *(ew_f4*)(ob + (i64)t * C) = a;
+        } else {
+#pragma unroll
+            for (int v = 0; v < CV; v++) ob[(i64)t * C + v] = o[v];
+        }
+    }
+}
+
+#define CAUSAL_CONV1D2(K, CV)                                                                                                    \
+    extern "C" __global__ void k_causal_conv1d2_##K##_##CV(float* out, const float* u, const float* w, const float* bias, int L, \
+                                                           int C, int seg, int nsegb, int cblocks, int silu) {                  \
+        causal_conv1d2<K, CV>(out, u, w, bias, L, C, seg, nsegb, cblocks, silu);                                                \
+    }
+CAUSAL_CONV1D2(1, 1)
+CAUSAL_CONV1D2(2, 1)
+CAUSAL_CONV1D2(3, 1)
+CAUSAL_CONV1D2(4, 1)
+CAUSAL_CONV1D2(5, 1)
+CAUSAL_CONV1D2(6, 1)
+CAUSAL_CONV1D2(7, 1)
+CAUSAL_CONV1D2(8, 1)
+CAUSAL_CONV1D2(1, 4)
+CAUSAL_CONV1D2(2, 4)
+CAUSAL_CONV1D2(3, 4)
+CAUSAL_CONV1D2(4, 4)
+CAUSAL_CONV1D2(5, 4)
+CAUSAL_CONV1D2(6, 4)
+CAUSAL_CONV1D2(7, 4)
+CAUSAL_CONV1D2(8, 4)

@@ -461,9 +461,53 @@ func (be *Backend) CausalConv1d(out, u, weight, bias kernels.Tensor, silu bool) 
 		}
 	}
 	return o.run(func() error {
+		if !rowOpsV1 && k <= convMaxK && allF32(ot, ut, wt, bt) {
+			return be.causalConv1d2(o.op, ot, ut, wt, bt, l, c, k, silu)
+		}
 		return be.elementwise("causalconv1d", "k_causal_conv1d", int64(ot.n), ot, ot.bf(), ut, ut.bf(), wt, wt.bf(), bt, bt.bf(),
 			int64(ot.n), l, c, k, silu)
 	})
+}
+
+// allF32 reports whether every given operand (nil ones skipped) is F32.
+func allF32(ts ...*Tensor) bool {
+	for _, t := range ts {
+		if t != nil && t.dtype != kernels.F32 {
+			return false
+		}
+	}
+	return true
+}
+
+// convFwdSegMin is the fewest tokens a thread of k_causal_conv1d2 walks.
+const convFwdSegMin = 16
+
+// causalConv1d2 launches k_causal_conv1d2 (rowOpsV1 = false, float32, k ≤
+// convMaxK): a thread a (4 channels when c is a multiple of 4 and u and
+// out are 16-byte aligned, else 1, segment of tokens), enough segments for
+// two waves of the device but at least convFwdSegMin tokens each.
+func (be *Backend) causalConv1d2(what string, ot, ut, wt, bt *Tensor, l, c, k int, silu bool) error {
+	if l == 0 || c == 0 {
+		return nil
+	}
+	nb := ut.shape[0]
+	cv := 1
+	if c%4 == 0 && vecAligned(ot, ut) {
+		cv = 4
+	}
+	vecs := c / cv
+	want := max(1, (2*be.sms*2048+vecs-1)/vecs)
+	seg := max(convFwdSegMin, (nb*l+want-1)/want)
+	nsegb := (l + seg - 1) / seg
+	cblocks := (vecs + convBlock - 1) / convBlock
+	if int64(nb*nsegb)*int64(cblocks) > 1<<31-1 {
+		return fmt.Errorf("too many segments (%d × %d blocks)", nb*nsegb, cblocks)
+	}
+	f, err := be.kernel("core", fmt.Sprintf("k_causal_conv1d2_%d_%d", k, cv))
+	if err != nil {
+		return err
+	}
+	return be.launch(what, f, dims{nb * nsegb * cblocks, 1, 1}, dims{convBlock, 1, 1}, 0, ot, ut, wt, bt, l, c, seg, nsegb, cblocks, silu)
 }
 
 // RoPE rotates, in place, the first rotaryDim dims of each head of

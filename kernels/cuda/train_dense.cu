@@ -166,6 +166,72 @@ extern "C" __global__ void __launch_bounds__(TD_NORM_THREADS) k_norm_backward(fl
     }
 }
 
+// k_norm_backward_v<V>: k_norm_backward (ops.go's rowOpsV1 = false) for
+// n ≤ V·TD_NORM_THREADS, each thread holding its channels j = threadIdx.x
+// + i·TD_NORM_THREADS (i < V) of x, dy and w in registers: x is read once
+// instead of four times. The sums take the same elements in the same
+// order, so the results are the same bits; dx may alias dy or x (every
+// load precedes the first store).
+template <int V>
+__device__ __forceinline__ void norm_backward_v(float* dx, const float* dy, const float* x, const float* w, int n, float eps, int mode) {
+    __shared__ double red[TD_NORM_THREADS / 32];
+    const i64 base = (i64)blockIdx.x * n;
+    float xv[V], gv[V], wv[V];
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        const int j = threadIdx.x + i * TD_NORM_THREADS;
+        xv[i] = gv[i] = wv[i] = 0.f;
+        if (j < n) xv[i] = x[base + j], gv[i] = dy[base + j], wv[i] = w[j];
+    }
+    double mean = 0.0;
+    if (mode == 1) {
+        double s = 0.0;
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            if (threadIdx.x + i * TD_NORM_THREADS < n) s += (double)xv[i];
+        mean = td_block_sum(s, red) / n;
+    }
+    double ss = 0.0;
+#pragma unroll
+    for (int i = 0; i < V; i++)
+        if (threadIdx.x + i * TD_NORM_THREADS < n) {
+            double v = (double)xv[i] - mean;
+            ss += v * v;
+        }
+    double inv = 1.0 / sqrt(td_block_sum(ss, red) / n + (double)eps);
+    double sg = 0.0, sgx = 0.0;
+#pragma unroll
+    for (int i = 0; i < V; i++)
+        if (threadIdx.x + i * TD_NORM_THREADS < n) {
+            double g = (double)gv[i] * (double)wv[i];
+            sg += g;
+            sgx += g * ((double)xv[i] - mean) * inv;
+        }
+    double mg = mode == 1 ? td_block_sum(sg, red) / n : 0.0;
+    double mgx = td_block_sum(sgx, red) / n;
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        const int j = threadIdx.x + i * TD_NORM_THREADS;
+        if (j < n) {
+            double g = (double)gv[i] * (double)wv[i];
+            double xh = ((double)xv[i] - mean) * inv;
+            dx[base + j] = (float)(inv * (g - mg - xh * mgx));
+        }
+    }
+}
+
+#define TD_NORM_BWD_V(V)                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(TD_NORM_THREADS)                                                                         \
+        k_norm_backward_v##V(float* dx, const float* dy, const float* x, const float* w, int n, float eps, int mode) {                    \
+        norm_backward_v<V>(dx, dy, x, w, n, eps, mode);                                                                                   \
+    }
+TD_NORM_BWD_V(1)
+TD_NORM_BWD_V(2)
+TD_NORM_BWD_V(4)
+TD_NORM_BWD_V(8)
+TD_NORM_BWD_V(12)
+TD_NORM_BWD_V(16)
+
 // k_rope_inverse: k_rope (elementwise.cu) with the angle negated: the same
 // angle, sine and cosine in double, the sine's sign flipped (sin(−a) =
 // −sin(a) exactly).

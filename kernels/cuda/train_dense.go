@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"fmt"
+
 	"github.com/matsurgery/matsurgery/kernels"
 )
 
@@ -191,12 +193,28 @@ func (be *Backend) normBackward(op string, dx, dy, x, weight kernels.Tensor, eps
 	}
 	checkEps(o, eps)
 	return o.run(func() error {
-		f, err := be.kernel("train_dense", "k_norm_backward")
+		fn := "k_norm_backward"
+		if v := normBackwardV(n); !rowOpsV1 && v > 0 {
+			fn = fmt.Sprintf("k_norm_backward_v%d", v)
+		}
+		f, err := be.kernel("train_dense", fn)
 		if err != nil {
 			return err
 		}
 		return be.launch(op, f, dims{rows, 1, 1}, dims{256, 1, 1}, 0, dxt, dyt, xt, wt, n, eps, mode)
 	})
+}
+
+// normBackwardV is the channels a thread of k_norm_backward_v holds for
+// rows of n (rowOpsV1 = false): the smallest instantiated V with n ≤
+// 256·V, or 0 when n is longer (k_norm_backward then).
+func normBackwardV(n int) int {
+	for _, v := range []int{1, 2, 4, 8, 12, 16} {
+		if n <= 256*v {
+			return v
+		}
+	}
+	return 0
 }
 
 // LayerNormBackward writes dx for out = LayerNorm(x, weight, bias, eps)
@@ -296,16 +314,8 @@ func (be *Backend) Dropout(out, x kernels.Tensor, seed uint64, prob float64) err
 	}
 	return o.run(func() error {
 		_, d := lastDim(xt)
-		table, err := be.drv.alloc(uint64(32*d), be.stream)
+		table, err := be.pcgJumpTable(o.op, d)
 		if err != nil {
-			return err
-		}
-		defer func() { _ = be.drv.free(table, be.stream) }()
-		f, err := be.kernel("train_dense", "k_pcg_jump")
-		if err != nil {
-			return err
-		}
-		if err := be.launch(o.op, f, dims{(d + 127) / 128, 1, 1}, dims{128, 1, 1}, 0, devPtr(table), d); err != nil {
 			return err
 		}
 		thr := uint64(prob * (1 << 53))
@@ -320,4 +330,31 @@ func (be *Backend) Dropout(out, x kernels.Tensor, seed uint64, prob float64) err
 		}
 		return be.denseKernel(o.op, "k_dropout", int64(xt.n), ot, xt, devPtr(table), int64(xt.n), d, int64(seed), int64(thr), scale)
 	})
+}
+
+// pcgJumpTable returns the device table of the LCG's 1 … d-step jumps
+// (k_pcg_jump, 32 bytes an entry) for rows of d, computed on first use
+// and kept in be.pcgJump until Close: it depends on d alone. On the owner
+// goroutine.
+func (be *Backend) pcgJumpTable(what string, d int) (uint64, error) {
+	if p, ok := be.pcgJump[d]; ok {
+		return p, nil
+	}
+	table, err := be.drv.alloc(uint64(32*max(d, 1)), be.stream)
+	if err != nil {
+		return 0, fmt.Errorf("dropout jump table for rows of %d: %w", d, err)
+	}
+	f, err := be.kernel("train_dense", "k_pcg_jump")
+	if err == nil {
+		err = be.launch(what, f, dims{max(1, (d+127)/128), 1, 1}, dims{128, 1, 1}, 0, devPtr(table), d)
+	}
+	if err != nil {
+		_ = be.drv.free(table, be.stream)
+		return 0, err
+	}
+	if be.pcgJump == nil {
+		be.pcgJump = map[int]uint64{}
+	}
+	be.pcgJump[d] = table
+	return table, nil
 }

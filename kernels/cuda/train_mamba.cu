@@ -340,3 +340,300 @@ extern "C" __global__ void k_mamba_group_sum(float* out, const float* src, i64 t
         out[i] = (float)v;
     }
 }
+
+// ---- Version 2 of the conv, dt softplus and gated-norm backwards (ops.go's
+// rowOpsV1 = false). The element arithmetic is that of the kernels above;
+// what changes is the work each thread does between loads and stores.
+
+#ifdef MATSURGERY_EMU
+struct __attribute__((aligned(16))) mb_f4 {
+    float x, y, z, w;
+};
+#else
+typedef float4 mb_f4;
+#endif
+
+// CV consecutive floats from p (16-byte aligned when CV = 4) to r, and back.
+template <int CV>
+__device__ __forceinline__ void mb_ld(float* r, const float* __restrict__ p) {
+    if (CV == 4) {
+        mb_f4 t = *(const mb_f4*)p;
+        r[0] = t.x, r[1] = t.y, r[2] = t.z, r[3] = t.w;
+    } else {
+#pragma unroll
+        for (int v = 0; v < CV; v++) r[v] = p[v];
+    }
+}
+template <int CV>
+__device__ __forceinline__ void mb_st(float* __restrict__ p, const float* r) {
+    if (CV == 4) {
+        mb_f4 t;
+        t.x = r[0], t.y = r[1], t.z = r[2], t.w = r[3];
+        *(mb_f4*)p = t;
+    } else {
+#pragma unroll
+        for (int v = 0; v < CV; v++) p[v] = r[v];
+    }
+}
+
+// k_conv1d_bwd2_<K>_<CV>: conv_bwd with CV channels a thread (16-byte loads
+// when CV = 4) and restrict-qualified operands, so a thread's loads run
+// ahead of its stores. Block (32 channel vectors, MB_CONV_SY segments):
+// thread (x, y) takes channels (blockIdx.x·32 + x)·CV … and segment
+// blockIdx.y·MB_CONV_SY + y of seg tokens (segments numbered across batch
+// rows, nsegb a row). The block then adds its segments' weight and bias
+// sums in segment order, in double, into part[blockIdx.y][c][0..K] (K+1
+// doubles), for k_conv1d_params. du matches conv_bwd's bits.
+#define MB_CONV_SY 8
+#define MB_CONV_CX 32
+template <int K, int CV>
+__device__ __forceinline__ void conv_bwd2(float* __restrict__ du, double* __restrict__ part, const float* __restrict__ dout,
+                                          const float* __restrict__ u, const float* __restrict__ w, const float* __restrict__ bias, int L,
+                                          int C, int seg, int nsegb, int nseg, int silu) {
+    __shared__ double red[MB_CONV_SY][MB_CONV_CX * CV];
+    const int c0 = (blockIdx.x * MB_CONV_CX + threadIdx.x) * CV;
+    const int sg = blockIdx.y * MB_CONV_SY + threadIdx.y;
+    const bool active = c0 < C && sg < nseg;
+    double accw[K][CV], accb[CV];
+#pragma unroll
+    for (int v = 0; v < CV; v++) {
+        accb[v] = 0.0;
+#pragma unroll
+        for (int j = 0; j < K; j++) accw[j][v] = 0.0;
+    }
+    if (active) {
+        const i64 b = sg / nsegb;
+        const int s0 = (sg % nsegb) * seg, s1 = min(L, s0 + seg);
+        const float* ub = u + b * L * C + c0;
+        const float* gb = dout + b * L * C + c0;
+        float* db = du + b * L * C + c0;
+        float wf[CV][K];
+        double bv[CV], dring[K][CV];
+        float ring[K][CV];
+#pragma unroll
+        for (int v = 0; v < CV; v++) {
+            bv[v] = bias ? (double)bias[c0 + v] : 0.0;
+#pragma unroll
+            for (int j = 0; j < K; j++) wf[v][j] = w[(i64)(c0 + v) * K + j];
+        }
+#pragma unroll
+        for (int j = 0; j < K; j++) {
+            const int t = s0 - K + j;
+            if (j >= 1 && t >= 0) mb_ld<CV>(ring[j], ub + (i64)t * C);
+            else
+#pragma unroll
+                for (int v = 0; v < CV; v++) ring[j][v] = 0.f;
+#pragma unroll
+            for (int v = 0; v < CV; v++) dring[j][v] = 0.0;
+        }
+#pragma unroll 2
+        for (int t = s0; t < s1 + K - 1; t++) {
+#pragma unroll
+            for (int j = 0; j < K - 1; j++)
+#pragma unroll
+                for (int v = 0; v < CV; v++) ring[j][v] = ring[j + 1][v], dring[j][v] = dring[j + 1][v];
+            float gf[CV];
+            if (t < L) {
+                mb_ld<CV>(ring[K - 1], ub + (i64)t * C);
+                mb_ld<CV>(gf, gb + (i64)t * C);
+            } else {
+#pragma unroll
+                for (int v = 0; v < CV; v++) ring[K - 1][v] = 0.f, gf[v] = 0.f;
+            }
+            float o[CV];
+#pragma unroll
+            for (int v = 0; v < CV; v++) {
+                double dp = 0.0;
+                if (t < L) {
+                    double g = (double)gf[v];
+                    if (silu) {
+                        double pre = bv[v];
+#pragma unroll
+                        for (int j = 0; j < K; j++) pre += (double)wf[v][j] * (double)ring[j][v];
+                        g *= mb_silu_grad(pre);
+                    }
+                    dp = g;
+                }
+                if (t < s1) {
+                    accb[v] += dp;
+#pragma unroll
+                    for (int j = 0; j < K; j++) accw[j][v] += dp * (double)ring[j][v];
+                }
+                dring[K - 1][v] = dp; // dring[i] = dpre at token t − K + 1 + i
+                double x = 0.0;
+#pragma unroll
+                for (int j = 0; j < K; j++) x += (double)wf[v][j] * dring[K - 1 - j][v];
+                o[v] = (float)x;
+            }
+            const int s = t - K + 1;
+            if (s >= s0) mb_st<CV>(db + (i64)s * C, o);
+        }
+    }
+    if (!part) return; // uniform over the grid
+    const int lin = threadIdx.y * MB_CONV_CX + threadIdx.x, cb = blockIdx.x * MB_CONV_CX * CV;
+#pragma unroll
+    for (int q = 0; q <= K; q++) {
+        __syncthreads();
+#pragma unroll
+        for (int v = 0; v < CV; v++) red[threadIdx.y][threadIdx.x * CV + v] = q < K ? accw[q < K ? q : 0][v] : accb[v];
+        __syncthreads();
+        for (int i = lin; i < MB_CONV_CX * CV; i += MB_CONV_CX * MB_CONV_SY) {
+            if (cb + i >= C) continue;
+            double s = 0.0;
+            for (int y = 0; y < MB_CONV_SY; y++) s += red[y][i];
+            part[((i64)blockIdx.y * C + cb + i) * (K + 1) + q] = s;
+        }
+    }
+}
+
+#define CONV_BWD2(K, CV)                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(MB_CONV_CX* MB_CONV_SY)                                                               \
+        k_conv1d_bwd2_##K##_##CV(float* du, double* part, const float* dout, const float* u, const float* w, const float* bias, int L, \
+                                 int C, int seg, int nsegb, int nseg, int silu) {                                                     \
+        conv_bwd2<K, CV>(du, part, dout, u, w, bias, L, C, seg, nsegb, nseg, silu);                                                   \
+    }
+CONV_BWD2(1, 1)
+CONV_BWD2(2, 1)
+CONV_BWD2(3, 1)
+CONV_BWD2(4, 1)
+CONV_BWD2(5, 1)
+CONV_BWD2(6, 1)
+CONV_BWD2(7, 1)
+CONV_BWD2(8, 1)
+CONV_BWD2(1, 4)
+CONV_BWD2(2, 4)
+CONV_BWD2(3, 4)
+CONV_BWD2(4, 4)
+
+// k_dt_softplus_bwd2: k_dt_softplus_bwd with seg = MB_DT_SEG rows, whose
+// loads all come first (so they overlap: dRaw may alias ddt or raw, and
+// each element is still read before it is written, by its own thread).
+// The same bits.
+#define MB_DT_SEG 16
+extern "C" __global__ void k_dt_softplus_bwd2(float* draw, double* part, const float* ddt, const float* raw, const float* bias, i64 rows, int H,
+                                              int nseg) {
+    MB_STRIDE(i, (i64)nseg * H) {
+        const int h = (int)(i % H);
+        const i64 sg = i / H, r0 = sg * MB_DT_SEG;
+        const double bv = bias ? (double)bias[h] : 0.0;
+        float gv[MB_DT_SEG], rv[MB_DT_SEG];
+#pragma unroll
+        for (int q = 0; q < MB_DT_SEG; q++)
+            if (r0 + q < rows) {
+                gv[q] = ddt[(r0 + q) * H + h];
+                rv[q] = raw[(r0 + q) * H + h];
+            }
+        double s = 0.0;
+#pragma unroll
+        for (int q = 0; q < MB_DT_SEG; q++)
+            if (r0 + q < rows) {
+                double d = (double)gv[q] * mb_sigmoid((double)rv[q] + bv);
+                draw[(r0 + q) * H + h] = (float)d;
+                s += d;
+            }
+        if (part) part[i] = s;
+    }
+}
+
+// k_gated_norm_bwd_w<V>: k_gated_norm_bwd for groups of at most 32·V
+// channels, a warp a (group, run of rb rows): lane l holds channels l,
+// l + 32, … of the group (V of them) in registers, loads the next row
+// while it finishes the current one, and keeps its weight sums; warp
+// (run q, group k) writes them to part[q][k·gs + j]. Sums per lane in
+// channel order and across the warp as k_gated_norm_bwd does, the same
+// runs of rows: the same bits.
+template <int V>
+__device__ __forceinline__ void gated_norm_bwd_w(float* __restrict__ dy, float* __restrict__ dz, double* __restrict__ part,
+                                                 const float* __restrict__ dout, const float* __restrict__ y, const float* __restrict__ z,
+                                                 const float* __restrict__ w, i64 rows, int width, int gs, int rb, float eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 gw = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int groups = width / gs;
+    const i64 nrb = (rows + rb - 1) / rb;
+    if (gw >= nrb * groups) return; // whole warps: no collective spans warps
+    const int k = (int)(gw % groups);
+    const i64 q = gw / groups, r0 = q * rb, r1 = min(rows, r0 + rb);
+    float wk[V], cy[V], cz[V], cg[V], ny[V], nz[V], ng[V];
+    double acc[V];
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        const int j = lane + 32 * v;
+        wk[v] = j < gs ? w[(i64)k * gs + j] : 0.f;
+        acc[v] = 0.0;
+        cy[v] = cz[v] = cg[v] = ny[v] = nz[v] = ng[v] = 0.f;
+    }
+    auto load = [&](i64 r, float* ly, float* lz, float* lg) {
+        const i64 base = r * width + (i64)k * gs;
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int j = lane + 32 * v;
+            if (j < gs) {
+                ly[v] = y[base + j];
+                lg[v] = dout[base + j];
+                if (z) lz[v] = z[base + j];
+            }
+        }
+    };
+    if (r0 < r1) load(r0, cy, cz, cg);
+    for (i64 r = r0; r < r1; r++) {
+        if (r + 1 < r1) load(r + 1, ny, nz, ng);
+        const i64 base = r * width + (i64)k * gs;
+        double ss = 0.0, sgw = 0.0, gd[V], szd[V], sg[V];
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int j = lane + 32 * v;
+            gd[v] = (double)cy[v], szd[v] = 1.0, sg[v] = 0.0;
+            if (j < gs) {
+                if (z) {
+                    const double zv = (double)cz[v];
+                    sg[v] = mb_sigmoid(zv);
+                    szd[v] = zv * sg[v];
+                    gd[v] *= szd[v];
+                }
+                ss += gd[v] * gd[v];
+                sgw += (double)cg[v] * (double)wk[v] * gd[v];
+            }
+        }
+        ss = warp_sum_d(ss);
+        sgw = warp_sum_d(sgw);
+        const double rs = 1.0 / sqrt(ss / gs + (double)eps);
+        const double cc = rs * rs * rs * sgw / gs;
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int j = lane + 32 * v;
+            if (j < gs) {
+                const double go = (double)cg[v];
+                const double dg = rs * go * (double)wk[v] - cc * gd[v];
+                dy[base + j] = (float)(dg * szd[v]);
+                if (z) {
+                    const double zv = (double)cz[v], s = sg[v];
+                    dz[base + j] = (float)(dg * (double)cy[v] * (s * (1.0 + zv * (1.0 - s))));
+                }
+                acc[v] += go * gd[v] * rs;
+            }
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++) cy[v] = ny[v], cz[v] = nz[v], cg[v] = ng[v];
+    }
+    if (part) {
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int j = lane + 32 * v;
+            if (j < gs) part[q * width + (i64)k * gs + j] = acc[v];
+        }
+    }
+}
+
+#define GATED_NORM_BWD_W(V)                                                                                                                 \
+    extern "C" __global__ void k_gated_norm_bwd_w##V(float* dy, float* dz, double* part, const float* dout, const float* y, const float* z, \
+                                                     const float* w, i64 rows, int width, int gs, int rb, float eps) {                     \
+        gated_norm_bwd_w<V>(dy, dz, part, dout, y, z, w, rows, width, gs, rb, eps);                                                        \
+    }
+GATED_NORM_BWD_W(1)
+GATED_NORM_BWD_W(2)
+GATED_NORM_BWD_W(3)
+GATED_NORM_BWD_W(4)
+GATED_NORM_BWD_W(5)
+GATED_NORM_BWD_W(6)
+GATED_NORM_BWD_W(7)
+GATED_NORM_BWD_W(8)

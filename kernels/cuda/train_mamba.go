@@ -112,6 +112,9 @@ func (be *Backend) CausalConv1dBackward(du, dweight, dbias, dout, u, weight, bia
 			[]named{{dot, "dout"}, {ut, "u"}, {wt, "weight"}, {bt, "bias"}})
 	}
 	return o.run(func() error {
+		if !rowOpsV1 && k <= convMaxK && nb*l > 0 && c > 0 {
+			return be.conv1dBackward2(o.op, dut, dwt, dbt, dot, ut, wt, bt, nb, l, c, k, silu)
+		}
 		// Enough (segment, channel) threads for two waves of the device.
 		want := max(1, (2*be.sms*2048+c-1)/c)
 		seg := max(convSegMin, (nb*l+want-1)/want)
@@ -148,7 +151,56 @@ func (be *Backend) CausalConv1dBackward(du, dweight, dbias, dout, u, weight, bia
 	})
 }
 
-// dtSeg is the rows one thread of the dt softplus backward walks.
+// Blocks of k_conv1d_bwd2: convBwd2CX channel vectors × convBwd2SY
+// segments (train_mamba.cu's MB_CONV_CX, MB_CONV_SY), a segment at least
+// convBwd2SegMin tokens.
+const convBwd2CX, convBwd2SY, convBwd2SegMin = 32, 8, 32
+
+// conv1dBackward2 is CausalConv1dBackward on k_conv1d_bwd2 (rowOpsV1 =
+// false, k ≤ convMaxK): 4 channels a thread when k ≤ 4, c is a multiple
+// of 4 and du, dout and u are 16-byte aligned (else 1), segments of at
+// least convBwd2SegMin tokens, enough for two waves of the device; each
+// block adds its 8 segments' weight sums in order before
+// k_conv1d_params adds the blocks' in order. du has k_conv1d_bwd's bits;
+// dweight and dbias are the same sums grouped otherwise (in double).
+func (be *Backend) conv1dBackward2(what string, dut, dwt, dbt, dot, ut, wt, bt *Tensor, nb, l, c, k int, silu bool) error {
+	cv := 1
+	if k <= 4 && c%4 == 0 && vecAligned(dut, dot, ut) {
+		cv = 4
+	}
+	vecs := c / cv
+	want := max(1, (2*be.sms*2048+vecs-1)/vecs)
+	seg := max(convBwd2SegMin, (nb*l+want-1)/want)
+	nsegb := (l + seg - 1) / seg
+	nseg := nb * nsegb
+	gy := (nseg + convBwd2SY - 1) / convBwd2SY
+	gx := (vecs + convBwd2CX - 1) / convBwd2CX
+	if gy > 65535 {
+		return fmt.Errorf("too many segments (%d blocks of %d)", gy, convBwd2SY)
+	}
+	var part *Tensor
+	if dwt != nil || dbt != nil {
+		var err error
+		if part, err = be.scratch(gy*c*(k+1), true); err != nil {
+			return err
+		}
+		defer be.release(part)
+	}
+	f, err := be.kernel("train_mamba", fmt.Sprintf("k_conv1d_bwd2_%d_%d", k, cv))
+	if err != nil {
+		return err
+	}
+	if err := be.launch(what, f, dims{gx, gy, 1}, dims{convBwd2CX, convBwd2SY, 1}, 0, dut, part, dot, ut, wt, bt, l, c, seg, nsegb, nseg, silu); err != nil {
+		return err
+	}
+	if part == nil {
+		return nil
+	}
+	return be.mambaLaunch1D(what, "k_conv1d_params", int64(c)*int64(k+1), dwt, dbt, part, gy, c, k)
+}
+
+// dtSeg is the rows one thread of the dt softplus backward walks
+// (train_mamba.cu's MB_DT_SEG).
 const dtSeg = 16
 
 // DtSoftplusBackward writes dRaw = ddt·σ(dtRaw + bias) (σ in double) and
@@ -179,7 +231,13 @@ func (be *Backend) DtSoftplusBackward(dRaw, dbias, ddt, dtRaw, bias kernels.Tens
 			}
 			defer be.release(part)
 		}
-		if err := be.mambaLaunch1D(o.op, "k_dt_softplus_bwd", int64(nseg)*int64(h), ot, part, gt, rt, bt, int64(rows), h, dtSeg, nseg); err != nil {
+		var err error
+		if rowOpsV1 {
+			err = be.mambaLaunch1D(o.op, "k_dt_softplus_bwd", int64(nseg)*int64(h), ot, part, gt, rt, bt, int64(rows), h, dtSeg, nseg)
+		} else {
+			err = be.mambaLaunch1D(o.op, "k_dt_softplus_bwd2", int64(nseg)*int64(h), ot, part, gt, rt, bt, int64(rows), h, nseg)
+		}
+		if err != nil {
 			return err
 		}
 		if part == nil {
@@ -188,6 +246,11 @@ func (be *Backend) DtSoftplusBackward(dRaw, dbias, ddt, dtRaw, bias kernels.Tens
 		return be.colsum(o.op, dbt, part, nseg, h)
 	})
 }
+
+// gatedNormWarpV is the most channels a lane k_gated_norm_bwd_w holds:
+// groups of up to 32·gatedNormWarpV channels take it (rowOpsV1 = false),
+// larger ones k_gated_norm_bwd.
+const gatedNormWarpV = 8
 
 // GatedRMSNormBackward writes dy and dz (dz nil exactly when z is nil)
 // and accumulates dweight (optional) for GatedRMSNorm(y, z, weight,
@@ -230,11 +293,16 @@ func (be *Backend) GatedRMSNormBackward(dy, dz, dweight, dout, y, z, weight kern
 			}
 			defer be.release(part)
 		}
-		f, err := be.kernel("train_mamba", "k_gated_norm_bwd")
+		fn, grid := "k_gated_norm_bwd", nblk
+		if v := (groupSize + 31) / 32; !rowOpsV1 && v <= gatedNormWarpV {
+			// A warp a (group, run of rb rows), 8 warps a block.
+			fn, grid = fmt.Sprintf("k_gated_norm_bwd_w%d", v), int((int64(nblk)*int64(width/groupSize)+7)/8)
+		}
+		f, err := be.kernel("train_mamba", fn)
 		if err != nil {
 			return err
 		}
-		if err := be.launch(o.op, f, dims{nblk, 1, 1}, dims{256, 1, 1}, 0,
+		if err := be.launch(o.op, f, dims{grid, 1, 1}, dims{256, 1, 1}, 0,
 			dyt, dzt, part, dot, yt, zt, wt, int64(rows), width, groupSize, rb, eps); err != nil {
 			return err
 		}
