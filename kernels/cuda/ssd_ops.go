@@ -183,13 +183,16 @@ func tcBlockBytes(q, pb, n int) int {
 
 // tcPipelined is the switch to ssd_tc2.cu (k_ssd_tc2): the same scan and
 // rounding as ssd_tc.cu, software-pipelined to one barrier a chunk (W of
-// chunk c+1 computed during chunk c), for chunks of 32 and 64. Off until
-// it is measured faster on the H200 (BenchmarkSSDChunkScanVariants, the
-// "tc2-" variants); set it to true to make it the default there.
-var tcPipelined = false
+// chunk c+1 computed during chunk c). On for chunks of 64 only: on the
+// H200 at the Phi-2 layer size (BenchmarkSSDChunkScanVariants, 2026-11-29)
+// tc2 with 8 columns took 0.428 ms against 0.440–0.448 for ssd_tc.cu,
+// while at chunks of 32 ssd_tc.cu with 16 columns stays the faster (0.412
+// against 0.428). The kernel itself takes chunks of 32 too (its tests run
+// both).
+var tcPipelined = true
 
 // tcPipelinedFor reports whether chunks of q run on ssd_tc2.cu.
-func tcPipelinedFor(q int) bool { return tcPipelined && (q == 32 || q == 64) }
+func tcPipelinedFor(q int) bool { return tcPipelined && q == 64 }
 
 // tc2SharedBytes is ssd_tc2.cu's dynamic shared memory: x in two stages,
 // B and C in three, W (its causal 16×16 blocks, hi and lo) in two, and

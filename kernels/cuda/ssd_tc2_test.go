@@ -140,7 +140,8 @@ func checkTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, tol float64,
 // TestChunkScanTC2Dispatch turns tcPipelined on and runs SSDChunkScan
 // (with 8 and 16 columns a warp) and LinearAttention through the backend,
 // against the package references: the switch, the shared-memory size the
-// split is chosen with, and chunks of 256 run as 64.
+// split is chosen with, and chunks of 256 run as 64 (the backend sends
+// chunks of 64 to ssd_tc2.cu; TestChunkScanTC2 runs its chunks of 32).
 func TestChunkScanTC2Dispatch(t *testing.T) {
 	saved := tcPipelined
 	defer func() { tcPipelined = saved }()
@@ -151,7 +152,7 @@ func TestChunkScanTC2Dispatch(t *testing.T) {
 		for _, c := range []scanCase{
 			{b: 2, l: 150, h: 4, p: 80, g: 2, n: 80, chunk: 64, state: true, d: true},
 			{b: 1, l: 100, h: 2, p: 64, g: 1, n: 128, chunk: 256, state: true},
-			{b: 1, l: 90, h: 2, p: 32, g: 2, n: 64, chunk: 32, d: true, bf16dt: true},
+			{b: 1, l: 90, h: 2, p: 32, g: 2, n: 64, chunk: 64, d: true, bf16dt: true},
 		} {
 			x, xt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.h, c.p)
 			var dt *reference.Array
