@@ -26,7 +26,14 @@ const blockElementwise = 256
 // k_slice_cols_rows), GELUBackward and Dropout (k_gelu_backward, k_dropout
 // instead of k_gelu_backward_v4, k_dropout_rows). Both give the same
 // results (rowops_test.go); false (the default) takes the second kernels,
-// which rowops_bench_test.go measures against the first.
+// which rowops_bench_test.go measures against the first. It switches the
+// Mamba path and the norm backwards too: CausalConv1d (k_causal_conv1d
+// instead of k_causal_conv1d2_K_CV), CausalConv1dBackward (k_conv1d_bwd_K,
+// k_conv1d_bwd2_K_CV), DtSoftplusBackward (k_dt_softplus_bwd,
+// k_dt_softplus_bwd2), GatedRMSNormBackward (k_gated_norm_bwd,
+// k_gated_norm_bwd_wV) and LayerNorm/RMSNormBackward (k_norm_backward,
+// k_norm_backward_vV): mambaops_test.go compares them, and
+// mambaops_bench_test.go measures them.
 var rowOpsV1 = false
 
 // rowBlock is the block of the 2-D row kernels: rowBlock threads across
