@@ -104,18 +104,22 @@ func (be *Backend) SSDChunkScan(y, x, dt, A, B, C, D, state kernels.Tensor, chun
 	if chunk <= 0 {
 		o.fail("chunk length %d, want > 0", chunk)
 	}
-	return o.run(func() error { return be.chunkScan(o.op, s, chunk) })
+	return o.run(func() error { return be.chunkScan(o.op, s, chunk, tcW1) })
 }
 
-func (be *Backend) chunkScan(what string, s *scan, chunk int) error {
+// chunkScan runs the chunked scan; w1 lets chunks of 64 on bf16 x, B and
+// C take the bf16-precision W of ssd_tc2.cu (tcW1: SSDChunkScan passes
+// the switch, LinearAttention false).
+func (be *Backend) chunkScan(what string, s *scan, chunk int, w1 bool) error {
 	q := chunk
 	if q > maxChunkTile {
 		q = defaultChunkTile
 	}
 	if s.x.dtype == kernels.BF16 && s.B.dtype == kernels.BF16 && s.C.dtype == kernels.BF16 &&
 		s.p%16 == 0 && s.n%16 == 0 && q%32 == 0 {
-		if pb := be.pickSplit(s, 16, func(pb int) int { return tcBlockBytes(q, pb, s.n) }); pb > 0 {
-			return be.scanTC(what, s, q, pb)
+		w1 = w1 && tcPipelinedFor(q)
+		if pb := be.pickSplit(s, 16, func(pb int) int { return tcBlockBytesW1(q, pb, s.n, w1) }); pb > 0 {
+			return be.scanTC(what, s, q, pb, w1)
 		}
 	}
 	// A chunk too long for shared memory with this d_state is halved: the
@@ -171,9 +175,16 @@ func tcSharedBytes(q, pb, n int) int {
 // else tcSharedBytes) for the splits it accepts, and math.MaxInt (fits
 // nowhere) for the others: its pb/cw warps copy a row of B (n/8 pieces of
 // 16 bytes) in one pass, so n ≤ 256·pb/cw.
-func tcBlockBytes(q, pb, n int) int {
+func tcBlockBytes(q, pb, n int) int { return tcBlockBytesW1(q, pb, n, false) }
+
+// tcBlockBytesW1 is tcBlockBytes, with w1 for ssd_tc2.cu's SSD_W1 variant
+// (tc2W1SharedBytes; w1 is only ever true with tcPipelinedFor(q)).
+func tcBlockBytesW1(q, pb, n int, w1 bool) int {
 	if n > 256*pb/tcCols(q, pb) {
 		return math.MaxInt
+	}
+	if w1 {
+		return tc2W1SharedBytes(q, pb, n)
 	}
 	if tcPipelinedFor(q) {
 		return tc2SharedBytes(q, pb, n)
@@ -194,14 +205,36 @@ var tcPipelined = true
 // tcPipelinedFor reports whether chunks of q run on ssd_tc2.cu.
 func tcPipelinedFor(q int) bool { return tcPipelined && q == 64 }
 
+// tcW1 is the switch to ssd_tc2.cu's bf16-precision variant (SSD_W1=1):
+// W, the decayed C·Bᵀ inside a chunk, rounded to one bf16 term instead of
+// hi + lo, and W·x in one mma pass instead of two (10 of the 110 mma of a
+// warp's chunk at chunk 64, 8 columns a warp; 10 KB less shared memory at
+// the Phi-2 size). Y_off and the state stay hi + lo, so the error does not
+// grow with the sequence: ~1e-3 relative on y against ~2e-6 (flash-
+// attention class: FlashAttention rounds P to bf16 likewise), tested at
+// 5e-3 (TestChunkScanTC2W1). Off by default; when on, SSDChunkScan with
+// bf16 x, B and C at chunks of 64 (and longer chunks, run as 64) while
+// tcPipelined takes it. LinearAttention and the f32-input paths never do.
+// Not yet measured on the H200: the "tc2w1-" variants of
+// BenchmarkSSDChunkScanVariants.
+var tcW1 = false
+
 // tc2SharedBytes is ssd_tc2.cu's dynamic shared memory: x in two stages,
 // B and C in three, W (its causal 16×16 blocks, hi and lo) in two, and
 // three stages of the chunk scalars.
-func tc2SharedBytes(q, pb, n int) int {
+func tc2SharedBytes(q, pb, n int) int { return tc2SharedBytesTerms(q, pb, n, 2) }
+
+// tc2W1SharedBytes is the dynamic shared memory of ssd_tc2.cu with
+// SSD_W1=1: W as one bf16 term, half the W buffers.
+func tc2W1SharedBytes(q, pb, n int) int { return tc2SharedBytesTerms(q, pb, n, 1) }
+
+// tc2SharedBytesTerms is ssd_tc2.cu's dynamic shared memory with W held as
+// wterms bf16 terms (its WTERMS).
+func tc2SharedBytesTerms(q, pb, n, wterms int) int {
 	sx, sn := pad16(pb), pad16(n)
 	lb := q / 16
 	gb := lb * (lb + 1) / 2
-	return 2*(2*q*sx+6*q*sn) + 2*2*gb*512 + 3*4*4*q
+	return 2*(2*q*sx+6*q*sn) + wterms*2*gb*512 + 3*4*4*q
 }
 
 func (be *Backend) scanCC(what string, s *scan, q, pb int) error {
@@ -247,10 +280,15 @@ func tcCols(q, pb int) int {
 // "tc2-cw16" variant of BenchmarkSSDChunkScanVariants is the faster.
 var tcPipelinedCols = 8
 
-// scanTC launches ssd_tc.cu, or ssd_tc2.cu when tcPipelinedFor(q); extra
-// are further -D definitions (the benchmarks compare variants with them).
-func (be *Backend) scanTC(what string, s *scan, q, pb int, extra ...string) error {
+// scanTC launches ssd_tc.cu, or ssd_tc2.cu when tcPipelinedFor(q) (its
+// SSD_W1 variant when w1, which chunkScan sets only then); extra are
+// further -D definitions (the benchmarks compare variants with them).
+func (be *Backend) scanTC(what string, s *scan, q, pb int, w1 bool, extra ...string) error {
 	cw := tcCols(q, pb)
+	if w1 {
+		return be.launchTC(what, "ssd_tc2", "k_ssd_tc2", tc2W1SharedBytes(q, pb, s.n), s, q, pb, cw,
+			append([]string{fmt.Sprintf("SSD_CW=%d", cw), "SSD_W1=1"}, extra...)...)
+	}
 	if tcPipelinedFor(q) {
 		return be.launchTC(what, "ssd_tc2", "k_ssd_tc2", tc2SharedBytes(q, pb, s.n), s, q, pb, cw,
 			append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, extra...)...)
@@ -308,7 +346,7 @@ func (be *Backend) attnOperands(o *ops, out, q, k, v kernels.Tensor) *scan {
 func (be *Backend) LinearAttention(out, q, k, v kernels.Tensor) error {
 	o := be.ops("linearattention")
 	s := be.attnOperands(o, out, q, k, v)
-	return o.run(func() error { return be.chunkScan(o.op, s, defaultChunkTile) })
+	return o.run(func() error { return be.chunkScan(o.op, s, defaultChunkTile, false) })
 }
 
 // maxAttentionHead is the largest head size of SoftmaxAttention (its tiles

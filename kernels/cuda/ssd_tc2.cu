@@ -29,6 +29,8 @@
 // (10 of 16), each 512 bytes with the two 16-byte halves of a row swapped
 // on rows 4–7 and 12–15 (conflict-free ldmatrix and stores without
 // padding).
+//
+// SSD_W1=1 (bf16-precision variant, see below) keeps W as one bf16 term.
 
 #define QT SSD_Q
 #define PB SSD_PB
@@ -44,6 +46,19 @@
 #define GB (LB * (LB + 1) / 2) // causal 16×16 blocks of G (and of W)
 #define NK (NS / 16)       // k16 steps over d_state; m16 tiles of the state
 #define NGB ((GB + NW - 1) / NW) // G blocks a warp
+
+// SSD_W1=1: W rounded to one bf16 term (nearest even) instead of hi + lo,
+// and W·x in one mma pass instead of two; the W buffers halve. Relative
+// error about 1e-3 on y (flash-attention class: W·x is the
+// softmax-free analogue of P·V, which FlashAttention also rounds to bf16),
+// against ~2e-6 with the pair. Y_off, the state update (Hᵀ and wd ∘ x as
+// hi + lo) and everything else are unchanged, so the error does not grow
+// with the sequence: the state carried from chunk to chunk is as exact as
+// with SSD_W1=0. 0 (the default): the exact kernel.
+#ifndef SSD_W1
+#define SSD_W1 0
+#endif
+#define WTERMS (SSD_W1 ? 1 : 2) // bf16 terms of W
 // Row strides (bf16 elements) of the padded shared tiles: an odd number of
 // 16-byte units, so the 8 rows of an ldmatrix land in distinct banks.
 #define PAD16(w) ((((w) + 7) / 8) % 2 == 0 ? (((w) + 7) / 8) * 8 + 8 : (((w) + 7) / 8) * 8)
@@ -54,13 +69,14 @@
 #define NSTAGE (QT * SN * 2)
 #define WSTAGE (GB * 512)
 #define FSTAGE (4 * QT * 4)
-// Byte offsets of the shared buffers (tc2SharedBytes in ssd_ops.go).
+// Byte offsets of the shared buffers (tc2SharedBytes in ssd_ops.go;
+// tc2W1SharedBytes with SSD_W1).
 #define OFF_X 0                          // [2][QT][SX] x
 #define OFF_B (OFF_X + 2 * XSTAGE)       // [3][QT][SN] B
 #define OFF_C (OFF_B + 3 * NSTAGE)       // [3][QT][SN] C
-#define OFF_WH (OFF_C + 3 * NSTAGE)      // [2][GB][16][16] W hi, causal blocks
-#define OFF_WL (OFF_WH + 2 * WSTAGE)     // [2][GB][16][16] W lo
-#define OFF_F (OFF_WL + 2 * WSTAGE)      // float [3][4][QT]: cs, ecs, wd, dts
+#define OFF_WH (OFF_C + 3 * NSTAGE)      // [2][GB][16][16] W hi (SSD_W1: W), causal blocks
+#define OFF_WL (OFF_WH + 2 * WSTAGE)     // [2][GB][16][16] W lo (none with SSD_W1)
+#define OFF_F (OFF_WH + WTERMS * 2 * WSTAGE) // float [3][4][QT]: cs, ecs, wd, dts
 // 16-byte pieces of one row of x, of B and of C.
 #define XP (PB / 8)
 #define BP (NS / 8)
@@ -242,9 +258,12 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
         const float* dts = cs + 3 * QT;
         const unsigned sB = sb + OFF_B + (cn % 3) * NSTAGE, sC = sb + OFF_C + (cn % 3) * NSTAGE;
         unsigned char* const wh = dyn_smem + OFF_WH + (cn & 1) * WSTAGE;
+#if !SSD_W1
         unsigned char* const wl = dyn_smem + OFF_WL + (cn & 1) * WSTAGE;
+#endif
         // W[l][s] = G·exp(cs_l − cs_s)·dt_s (s ≤ l) of one n8 tile (block
-        // row i, columns 8j..) of G block t, as hi + lo.
+        // row i, columns 8j..) of G block t, as hi + lo (SSD_W1: as one
+        // bf16, rounded to nearest even).
         auto emit_w = [&](const float* acc, int t, int i, int j) {
             const int s = 8 * j + 2 * tig;
             const float2 css = *(const float2*)(cs + s), dss = *(const float2*)(dts + s);
@@ -258,11 +277,15 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
                     w0 = s <= l ? w0 : 0.f;
                     w1 = s + 1 <= l ? w1 : 0.f;
                 }
+                const int o = t * 512 + WOFF(r, s & 15);
+#if SSD_W1
+                *(unsigned*)(wh + o) = cvt_bf16x2(w0, w1);
+#else
                 unsigned hi, lo;
                 split_bf16x2(w0, w1, hi, lo);
-                const int o = t * 512 + WOFF(r, s & 15);
                 *(unsigned*)(wh + o) = hi;
                 *(unsigned*)(wl + o) = lo;
+#endif
             }
         };
 #pragma unroll
@@ -323,7 +346,10 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
         if (!SSD_GW_LATE) g_and_w(c + 1);
 
         const unsigned sX = sb + OFF_X + (c & 1) * XSTAGE, sB = sb + OFF_B + s3 * NSTAGE, sC = sb + OFF_C + s3 * NSTAGE;
-        const unsigned sWH = sb + OFF_WH + (c & 1) * WSTAGE, sWL = sb + OFF_WL + (c & 1) * WSTAGE;
+        const unsigned sWH = sb + OFF_WH + (c & 1) * WSTAGE;
+#if !SSD_W1
+        const unsigned sWL = sb + OFF_WL + (c & 1) * WSTAGE;
+#endif
 
         // Y_off = exp(cs_l)·C·Hᵀ for the warp's columns of every row.
         float yacc[LB][NJ][4];
@@ -392,6 +418,7 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
 #pragma unroll
                 for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], w4, xf[k][j]);
             }
+#if !SSD_W1
 #pragma unroll
             for (int i = k; i < LB; i++) {
                 unsigned w4[4];
@@ -399,6 +426,7 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
 #pragma unroll
                 for (int j = 0; j < NJ; j++) mma_bf16_16816(yacc[i][j], w4, xf[k][j]);
             }
+#endif
         }
 #pragma unroll
         for (int j = 0; j < NJ; j++) {
