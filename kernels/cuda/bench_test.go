@@ -307,15 +307,17 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 		vs = append(vs, v2("cw16-"+skip.name, 64, 16, fmt.Sprintf("SSD_SKIP=%d", skip.bit)))
 	}
 	// ssd_tc2.cu (one barrier a chunk; tcPipelined): both warp widths at
-	// chunks of 64 and 32, W computed after the state update instead of
-	// first ("-late"), and at 64 without G/W (what the pipelining can hide
-	// at best).
+	// chunks of 64 and 32 (the "-late" order and "no-G-W" were measured on
+	// 2026-11-29 and dropped), and its bf16-precision variant SSD_W1 (W as
+	// one bf16 term; tcW1), checked at tc2W1TolY instead of 1e-4.
 	tc2 := func(name string, chunk, cw int, defs ...string) variant {
 		return variant{name, "ssd_tc2", "k_ssd_tc2", chunk, cw, tc2SharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
 	}
-	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), tc2("tc2-cw8-late", 64, 8, "SSD_GW_LATE=1"),
-		tc2("tc2-cw16-late", 64, 16, "SSD_GW_LATE=1"), tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16),
-		tc2("tc2-cw16-no-G-W", 64, 16, "SSD_SKIP=2"))
+	tc2w1 := func(name string, chunk, cw int) variant {
+		return variant{name, "ssd_tc2", "k_ssd_tc2", chunk, cw, tc2W1SharedBytes, []string{fmt.Sprintf("SSD_CW=%d", cw), "SSD_W1=1"}}
+	}
+	vs = append(vs, tc2("tc2-cw8", 64, 8), tc2("tc2-cw16", 64, 16), tc2("tc2-cw8", 32, 8), tc2("tc2-cw16", 32, 16),
+		tc2w1("tc2w1-cw8", 64, 8), tc2w1("tc2w1-cw16", 64, 16), tc2w1("tc2w1-cw8", 32, 8), tc2w1("tc2w1-cw16", 32, 16))
 	for _, v := range vs {
 		b.Run(fmt.Sprintf("%s/chunk=%d", v.name, v.chunk), func(b *testing.B) {
 			pb := be.pickSplit(s, 16, func(pb int) int { return v.smem(v.chunk, pb, benchN) })
@@ -330,11 +332,15 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 			if copyGBps > 0 {
 				b.ReportMetric(bytes/(ms*1e-3)/1e9/copyGBps, "of-copy-bw")
 			}
-			if !strings.Contains(strings.Join(v.defs, " "), "SSD_SKIP") {
+			if defs := strings.Join(v.defs, " "); !strings.Contains(defs, "SSD_SKIP") {
+				tol := 1e-4
+				if strings.Contains(defs, "SSD_W1=1") {
+					tol = tc2W1TolY // W as one bf16 term: flash-attention-class precision
+				}
 				rel := conformance.RelErr(downloadF64(b, be, y), want)
 				b.ReportMetric(rel, "relerr-vs-recurrence")
-				if !(rel < 1e-4) {
-					b.Errorf("%s: relative error %.3g against the recurrence", v.name, rel)
+				if !(rel < tol) {
+					b.Errorf("%s: relative error %.3g against the recurrence (tolerance %.3g)", v.name, rel, tol)
 				}
 			}
 			defs := append([]string{fmt.Sprintf("SSD_Q=%d", v.chunk), fmt.Sprintf("SSD_PB=%d", pb), fmt.Sprintf("SSD_N=%d", benchN)}, v.defs...)
