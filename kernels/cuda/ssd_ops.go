@@ -207,12 +207,12 @@ func tcPipelinedFor(q int) bool { return tcPipelined && q == 64 }
 
 // tcW1 is the switch to ssd_tc2.cu's bf16-precision variant (SSD_W1=1):
 // W, the decayed C·Bᵀ inside a chunk, rounded to one bf16 term instead of
-// hi + lo, and W·x in one mma pass instead of two (10 of the 110 mma of a
-// warp's chunk at chunk 64, 8 columns a warp; 10 KB less shared memory at
-// the Phi-2 size). Y_off and the state stay hi + lo, so the error does not
-// grow with the sequence: ~1e-3 relative on y against ~2e-6 (flash-
-// attention class: FlashAttention rounds P to bf16 likewise), tested at
-// 5e-3 (TestChunkScanTC2W1). Off by default; when on, SSDChunkScan with
+// hi + lo, and W·x in one mma pass instead of two (at the Phi-2 size,
+// chunk 64, 8 columns a warp: 100 mma a warp a chunk instead of 110, and
+// 10 KB less shared memory). Y_off and the state stay hi + lo, so the
+// error does not grow with the sequence: 0.7–1.5e-3 relative on y on the
+// emulator against ~2e-6 (flash-attention class: FlashAttention rounds P
+// to bf16 likewise), tested at 5e-3 (TestChunkScanTC2W1). Off by default; when on, SSDChunkScan with
 // bf16 x, B and C at chunks of 64 (and longer chunks, run as 64) while
 // tcPipelined takes it. LinearAttention and the f32-input paths never do.
 // Not yet measured on the H200: the "tc2w1-" variants of
