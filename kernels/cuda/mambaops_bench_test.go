@@ -57,8 +57,8 @@ func BenchmarkMambaOps(b *testing.B) {
 		{fmt.Sprintf("dropout/%dx%d", rows, hidden), 4 * 2 * nh,
 			func() error { return be.Dropout(ldx, lx, 12345, 0.1) }},
 	}
-	saved := rowOpsV1
-	defer func() { rowOpsV1 = saved }()
+	saved, savedConv := rowOpsV1, convBackwardV2
+	defer func() { rowOpsV1, convBackwardV2 = saved, savedConv }()
 	for _, c := range cases {
 		name, rest, _ := cut(c.name)
 		for _, v := range []struct {
@@ -66,7 +66,7 @@ func BenchmarkMambaOps(b *testing.B) {
 			v1    bool
 		}{{"old", true}, {"new", false}} {
 			b.Run(name+"/"+v.label+"/"+rest, func(b *testing.B) {
-				rowOpsV1 = v.v1
+				rowOpsV1, convBackwardV2 = v.v1, !v.v1
 				measure(b, be, c.bytes, c.op)
 			})
 		}

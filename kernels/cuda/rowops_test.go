@@ -16,11 +16,12 @@ import (
 // norms (the block sums add in another order), which are also checked
 // against float64 references.
 
-// withRowOps runs f with rowOpsV1 = v1 and restores it.
+// withRowOps runs f with rowOpsV1 = v1 (and the second kernels that are
+// off by default, convBackwardV2, on when v1 is false) and restores both.
 func withRowOps[T any](v1 bool, f func() T) T {
-	saved := rowOpsV1
-	rowOpsV1 = v1
-	defer func() { rowOpsV1 = saved }()
+	saved, savedConv := rowOpsV1, convBackwardV2
+	rowOpsV1, convBackwardV2 = v1, !v1
+	defer func() { rowOpsV1, convBackwardV2 = saved, savedConv }()
 	return f()
 }
 

@@ -112,7 +112,7 @@ func (be *Backend) CausalConv1dBackward(du, dweight, dbias, dout, u, weight, bia
 			[]named{{dot, "dout"}, {ut, "u"}, {wt, "weight"}, {bt, "bias"}})
 	}
 	return o.run(func() error {
-		if !rowOpsV1 && k <= convMaxK && nb*l > 0 && c > 0 {
+		if !rowOpsV1 && convBackwardV2 && k <= convMaxK && nb*l > 0 && c > 0 {
 			return be.conv1dBackward2(o.op, dut, dwt, dbt, dot, ut, wt, bt, nb, l, c, k, silu)
 		}
 		// Enough (segment, channel) threads for two waves of the device.
@@ -155,6 +155,12 @@ func (be *Backend) CausalConv1dBackward(du, dweight, dbias, dout, u, weight, bia
 // segments (train_mamba.cu's MB_CONV_CX, MB_CONV_SY), a segment at least
 // convBwd2SegMin tokens.
 const convBwd2CX, convBwd2SY, convBwd2SegMin = 32, 8, 32
+
+// convBackwardV2 sends CausalConv1dBackward to k_conv1d_bwd2 (with
+// rowOpsV1 = false). Off: on the H200 at 1428 × 7680, K 4
+// (BenchmarkMambaOps, 2026-11-29) it took 0.184 ms against 0.105 for the
+// first kernel. The tests and the benchmark still run it as "new".
+var convBackwardV2 = false
 
 // conv1dBackward2 is CausalConv1dBackward on k_conv1d_bwd2 (rowOpsV1 =
 // false, k ≤ convMaxK): 4 channels a thread when k ≤ 4, c is a multiple
