@@ -252,15 +252,9 @@ func BenchmarkSSDChunkScan(b *testing.B) {
 	}
 }
 
-// tcSharedBytesV1 is ssd_tc_v1.cu's dynamic shared memory (the state as
-// bf16 hi + lo in shared memory on top of ssd_tc.cu's buffers).
-func tcSharedBytesV1(q, pb, n int) int {
-	return tcSharedBytes(q, pb, n) + 2*2*pb*pad16(n)
-}
-
-// BenchmarkSSDChunkScanVariants: the tensor-core scan against its previous
-// version (ssd_tc_v1.cu) and its pipelined version (ssd_tc2.cu, the "tc2-"
-// variants) on the same inputs, other chunk lengths, and the kernels with
+// BenchmarkSSDChunkScanVariants: the tensor-core scan (ssd_tc.cu) against
+// its pipelined version (ssd_tc2.cu, the "tc2-" and, with W as one bf16
+// term, "tc2w1-" variants) on the same inputs, other chunk lengths, and the kernels with
 // stages left out (SSD_SKIP; wrong results, for the time breakdown only).
 // Complete variants are checked against the sequential recurrence.
 func BenchmarkSSDChunkScanVariants(b *testing.B) {
@@ -297,8 +291,7 @@ func BenchmarkSSDChunkScanVariants(b *testing.B) {
 	v2 := func(name string, chunk, cw int, defs ...string) variant {
 		return variant{name, "ssd_tc", "k_ssd_tc", chunk, cw, tcSharedBytes, append([]string{fmt.Sprintf("SSD_CW=%d", cw)}, defs...)}
 	}
-	v1 := variant{"v1", "ssd_tc_v1", "k_ssd_tc_v1", 64, 8, tcSharedBytesV1, nil}
-	vs := []variant{v1, v2("cw8", 64, 8), v2("cw16", 64, 16), v1, v2("cw8", 64, 8), v2("cw16", 64, 16),
+	vs := []variant{v2("cw8", 64, 8), v2("cw16", 64, 16), v2("cw8", 64, 8), v2("cw16", 64, 16),
 		v2("cw8", 32, 8), v2("cw16", 32, 16), v2("cw16", 128, 16)}
 	for _, skip := range []struct {
 		bit  int

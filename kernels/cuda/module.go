@@ -26,7 +26,6 @@ var moduleFiles = map[string][]string{
 	// ssd_tc.cu pipelined to one barrier a chunk (tcPipelined, ssd_ops.go).
 	"ssd_tc2": {"prelude.cu", "ssd_common.cu", "ssd_tc2.cu"},
 	// The previous tensor-core scan, for the side-by-side benchmark.
-	"ssd_tc_v1": {"prelude.cu", "ssd_common.cu", "ssd_tc_v1.cu"},
 }
 
 func moduleSource(name string) (string, error) {
