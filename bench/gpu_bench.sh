@@ -10,7 +10,8 @@
 #     ratios to the teacher, transformers' figures merged in, and the time of
 #     one softmax attention layer alone at each context.
 # Usage: bench/gpu_bench.sh OUTDIR   (MATSURGERY: the binary, default bin/matsurgery)
-# Environment: CONTEXTS (1024,4096,16384,32768), DECODE (32), PRECISION (bf16),
+# Environment: CONTEXTS (1024,4096,16384,32768), DECODE (32), PRECISION (bf16), REPEATS (1;
+# 3 steadies the short-context decode figures, which vary run to run),
 # WORK (/tmp/ms: checkpoints, reused when present), HF_TIMEOUT and
 # BENCH_TIMEOUT (seconds, 600 each), SMOKE=0 to skip the quick check.
 set -uo pipefail
@@ -40,7 +41,7 @@ PYTHONUNBUFFERED=1 timeout "${HF_TIMEOUT:-600}" python3 testdata/gen/bench_hf_ge
 echo "   rc $?"; cat "$out/hf.jsonl"; grep -iE 'error|Traceback' "$out/hf.log" | head -n 5
 ext=(); [[ -s $out/hf.jsonl ]] && ext=(--external "$out/hf.jsonl")
 log "matsurgery bench --precision $prec"
-timeout "${BENCH_TIMEOUT:-600}" $m bench --device cuda --precision "$prec" --contexts "$ctx" --decode "$dec" --attention \
+timeout "${BENCH_TIMEOUT:-600}" $m bench --device cuda --precision "$prec" --contexts "$ctx" --decode "$dec" --attention --repeats "${REPEATS:-1}" \
   --label teacher,h12.5,h25,h50 "${ext[@]}" "$w/teacher" "$w/h12.5" "$w/h25" "$w/h50" \
   > "$out/bench.txt" 2> >(tee "$out/bench_progress.txt" >&2)
 echo "   rc $?"; cat "$out/bench.txt"
