@@ -31,7 +31,7 @@ done
 if [[ -x bin/cuda.test && ${KERNEL_BENCH:-1} != 0 ]]; then
   log "training kernels' benchmarks"
   (cd kernels/cuda && timeout 120 "$OLDPWD/bin/cuda.test" -test.run '^$' -test.benchtime 10x \
-    -test.bench 'SSDChunkScanBackward$|SoftmaxAttentionBackward|SoftmaxAttentionForwardPaths|MatMulAT|KLDivergence|AdamW' > "$out/bench_kernels.log" 2>&1)
+    -test.bench 'SSDChunkScanBackward$|SoftmaxAttentionBackward|SoftmaxAttentionForwardPaths|MatMulAT|KLDivergence|AdamW|RowOps|MambaOps' > "$out/bench_kernels.log" 2>&1)
   grep -E '^Benchmark' "$out/bench_kernels.log" | head -n 40
 fi
 [[ -f $w/teacher/config.json ]] || { log synth; $m synth --family phi --preset full --seed 1 "$w/teacher" --force --quiet || exit 1; }
