@@ -113,44 +113,6 @@
 
 #define TPL (QT / 32) // tokens a lane in the chunk scan
 
-// dt of the chunk starting at token t0: dv[k] is token TPL·lane + k of the
-// chunk (0 past the sequence). Token t of the sequence is element
-// base + t·H of dt; a null dt means 1.
-__device__ __forceinline__ void tc2_load_dt(float (&dv)[TPL], const void* dt, int dtbf, i64 base, int H, int t0, int L) {
-    const int t = t0 + TPL * (threadIdx.x & 31);
-#pragma unroll
-    for (int k = 0; k < TPL; k++) dv[k] = t + k < L ? (dt ? ld_elem(dt, dtbf, base + (i64)(t + k) * H) : 1.f) : 0.f;
-}
-
-// The scalars of a chunk, by one warp, at sc: cs (base-2 cumulative sum
-// of dt·A), exp(cs), the state weights wd_s = dt_s·exp(cs_last − cs_s),
-// and dt; sc[j·QT + t] for j = 0..3.
-__device__ __forceinline__ void tc2_chunk_scan(const float (&dv)[TPL], float a2, float* sc) {
-    const int lane = threadIdx.x & 31;
-    float loc[TPL];
-    float run = 0.f;
-#pragma unroll
-    for (int k = 0; k < TPL; k++) loc[k] = run += dv[k] * a2;
-    float inc = run;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const float v = __shfl_up_sync(0xffffffffu, inc, o);
-        if (lane >= o) inc += v;
-    }
-    float excl = __shfl_up_sync(0xffffffffu, inc, 1);
-    if (lane == 0) excl = 0.f;
-    const float total = __shfl_sync(0xffffffffu, inc, 31);
-#pragma unroll
-    for (int k = 0; k < TPL; k++) {
-        const int t = TPL * lane + k;
-        const float c = excl + loc[k];
-        sc[t] = c;
-        sc[QT + t] = ex2_ftz(fminf(c, 0.f));
-        sc[2 * QT + t] = dv[k] * ex2_ftz(fminf(total - c, 0.f));
-        sc[3 * QT + t] = dv[k];
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, const bf16_t* x, const void* dt, int dtbf, const void* A, int abf,
                                                               const bf16_t* B, const bf16_t* C, const void* D, int dbf, float* state,
                                                               int L, int H, int P, int Hx, int Hb, int Hc) {
@@ -316,11 +278,11 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
     cp_async_commit();
     if (warp == 0) {
         float dv[TPL];
-        tc2_load_dt(dv, dt, dtbf, dtbase, H, 0, L);
-        tc2_chunk_scan(dv, a2, scal);
-        tc2_load_dt(dv, dt, dtbf, dtbase, H, QT, L);
-        tc2_chunk_scan(dv, a2, scal + 4 * QT);
-        tc2_load_dt(dvn, dt, dtbf, dtbase, H, 2 * QT, L);
+        tc_load_dt(dv, dt, dtbf, dtbase, H, 0, L);
+        tc_chunk_scan(dv, a2, scal);
+        tc_load_dt(dv, dt, dtbf, dtbase, H, QT, L);
+        tc_chunk_scan(dv, a2, scal + 4 * QT);
+        tc_load_dt(dvn, dt, dtbf, dtbase, H, 2 * QT, L);
     }
     cp_async_wait0();
     __syncthreads();
@@ -492,8 +454,8 @@ extern "C" __global__ void __launch_bounds__(NT, SSD_MINB) k_ssd_tc2(float* y, c
             float dv[TPL];
 #pragma unroll
             for (int k = 0; k < TPL; k++) dv[k] = dvn[k];
-            tc2_load_dt(dvn, dt, dtbf, dtbase, H, (c + 3) * QT, L);
-            tc2_chunk_scan(dv, a2, scal + ((c + 2) % 3) * 4 * QT);
+            tc_load_dt(dvn, dt, dtbf, dtbase, H, (c + 3) * QT, L);
+            tc_chunk_scan(dv, a2, scal + ((c + 2) % 3) * 4 * QT);
         }
     }
     cp_async_wait0();
