@@ -267,44 +267,58 @@ func testChunkScanBF16(t *testing.T) {
 		{b: 1, l: 200, h: 2, p: 16, g: 1, n: 80, chunk: 64, state: true, d: true, bf16dt: true},
 		{b: 2, l: 300, h: 2, p: 80, g: 2, n: 80, chunk: 128, state: true, d: true},
 	} {
-		x, xt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.h, c.p)
-		var dt *reference.Array
-		var dtt kernels.Tensor
-		if c.bf16dt {
-			dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
+		ey, es := runScanCase(t, be, rng, c, true)
+		if !(ey <= tol) {
+			t.Errorf("%+v: y relative error %.3g > %.3g", c, ey, tol)
 		} else {
-			dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
+			t.Logf("%+v: y relative error %.3g", c, ey)
 		}
-		A, At := f32Array(t, be, rng, -8, -0.5, c.h)
-		B, Bt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
-		C, Ct := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
-		var D, st *reference.Array
-		var Dt, stt kernels.Tensor
-		if c.d {
-			D, Dt = f32Array(t, be, rng, 0.5, 1.5, c.h)
-		}
-		if c.state {
-			st, stt = f32Array(t, be, rng, -1, 1, c.b, c.h, c.p, c.n)
-		}
-		wantY, wantS, err := reference.SSDRecurrence(x, dt, A, B, C, D, st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		y := poisoned(t, be, c.b, c.l, c.h, c.p)
-		if err := be.SSDChunkScan(y, xt, dtt, At, Bt, Ct, Dt, stt, c.chunk); err != nil {
-			t.Fatalf("%+v: %v", c, err)
-		}
-		if e := conformance.RelErr(download(t, be, y), wantY.Data); !(e <= tol) {
-			t.Errorf("%+v: y relative error %.3g > %.3g", c, e, tol)
-		} else {
-			t.Logf("%+v: y relative error %.3g", c, e)
-		}
-		if c.state {
-			if e := conformance.RelErr(download(t, be, stt), wantS.Data); !(e <= tol) {
-				t.Errorf("%+v: final state relative error %.3g > %.3g", c, e, tol)
-			}
+		if c.state && !(es <= tol) {
+			t.Errorf("%+v: final state relative error %.3g > %.3g", c, es, tol)
 		}
 	}
+}
+
+// runScanCase draws fresh inputs for c (x, B and C in bf16, or float32
+// when !bf16), runs the backend's SSDChunkScan and returns the relative
+// errors of y and of the final state (0 without one) against
+// reference.SSDRecurrence on the same values.
+func runScanCase(t *testing.T, be *Backend, rng *rand.Rand, c scanCase, bf16 bool) (ey, es float64) {
+	t.Helper()
+	mk := f32Array
+	if bf16 {
+		mk = bf16Array
+	}
+	x, xt := mk(t, be, rng, -1, 1, c.b, c.l, c.h, c.p)
+	dtArr := f32Array
+	if c.bf16dt {
+		dtArr = bf16Array
+	}
+	dt, dtt := dtArr(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
+	A, At := f32Array(t, be, rng, -8, -0.5, c.h)
+	B, Bt := mk(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
+	C, Ct := mk(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
+	var D, st *reference.Array
+	var Dt, stt kernels.Tensor
+	if c.d {
+		D, Dt = f32Array(t, be, rng, 0.5, 1.5, c.h)
+	}
+	if c.state {
+		st, stt = f32Array(t, be, rng, -1, 1, c.b, c.h, c.p, c.n)
+	}
+	wantY, wantS, err := reference.SSDRecurrence(x, dt, A, B, C, D, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := poisoned(t, be, c.b, c.l, c.h, c.p)
+	if err := be.SSDChunkScan(y, xt, dtt, At, Bt, Ct, Dt, stt, c.chunk); err != nil {
+		t.Fatalf("%+v: %v", c, err)
+	}
+	ey = conformance.RelErr(download(t, be, y), wantY.Data)
+	if c.state {
+		es = conformance.RelErr(download(t, be, stt), wantS.Data)
+	}
+	return ey, es
 }
 
 // TestLinearAttentionBF16 runs the tensor-core path of LinearAttention

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/matsurgery/matsurgery/kernels"
 	"github.com/matsurgery/matsurgery/kernels/conformance"
 	"github.com/matsurgery/matsurgery/kernels/reference"
 )
@@ -92,16 +91,31 @@ var tc2Cases = []tc2Case{
 }
 
 // checkTC2 runs one launch of ssd_tc2.cu (with the further -D def) on
-// fresh inputs and compares y and the final state with recurrenceGQA.
+// fresh inputs and checks y and the final state against recurrenceGQA.
 func checkTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, tol float64, def string) {
-	x, xt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hx, c.p)
-	var dt *reference.Array
-	var dtt kernels.Tensor
-	if c.bf16d {
-		dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
+	ey, es := runTC2(t, be, rng, c, tc2SharedBytes(c.chunk, c.pb, c.n), def)
+	if !(ey <= tol) {
+		t.Errorf("y relative error %.3g > %.3g", ey, tol)
 	} else {
-		dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
+		t.Logf("y relative error %.3g", ey)
 	}
+	if c.state && !(es <= tol) {
+		t.Errorf("final state relative error %.3g > %.3g", es, tol)
+	}
+}
+
+// runTC2 runs one launch of ssd_tc2.cu with smem bytes of shared memory
+// and the further -D definitions defs on fresh inputs (D in bf16 when dt
+// is) and returns the relative errors of y and of the final state (0
+// without one) against recurrenceGQA.
+func runTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, smem int, defs ...string) (ey, es float64) {
+	t.Helper()
+	x, xt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hx, c.p)
+	arr := f32Array
+	if c.bf16d {
+		arr = bf16Array
+	}
+	dt, dtt := arr(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
 	A, At := f32Array(t, be, rng, -8, -0.5, c.h)
 	B, Bt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hb, c.n)
 	C, Ct := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hc, c.n)
@@ -109,7 +123,7 @@ func checkTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, tol float64,
 	s := &scan{x: xt.(*Tensor), dt: dtt.(*Tensor), A: At.(*Tensor), B: Bt.(*Tensor), C: Ct.(*Tensor),
 		nb: c.nb, l: c.l, h: c.h, p: c.p, n: c.n, hx: c.hx, hb: c.hb, hc: c.hc}
 	if c.d {
-		D, Dt := f32Array(t, be, rng, 0.5, 1.5, c.h)
+		D, Dt := arr(t, be, rng, 0.5, 1.5, c.h)
 		Dv, s.D = D.Data, Dt.(*Tensor)
 	}
 	if c.state {
@@ -119,22 +133,17 @@ func checkTC2(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case, tol float64,
 	s.y = poisoned(t, be, c.nb, c.l, c.h, c.p).(*Tensor)
 	wantY, wantS := recurrenceGQA(c, x.Data, dt.Data, A.Data, B.Data, C.Data, Dv, st)
 	err := be.do("ssd_tc2", func() error {
-		return be.launchTC("ssd_tc2", "ssd_tc2", "k_ssd_tc2", tc2SharedBytes(c.chunk, c.pb, c.n), s, c.chunk, c.pb, c.cw,
-			fmt.Sprintf("SSD_CW=%d", c.cw), def)
+		return be.launchTC("ssd_tc2", "ssd_tc2", "k_ssd_tc2", smem, s, c.chunk, c.pb, c.cw,
+			append([]string{fmt.Sprintf("SSD_CW=%d", c.cw)}, defs...)...)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := conformance.RelErr(download(t, be, s.y), wantY); !(e <= tol) {
-		t.Errorf("y relative error %.3g > %.3g", e, tol)
-	} else {
-		t.Logf("y relative error %.3g", e)
-	}
+	ey = conformance.RelErr(download(t, be, s.y), wantY)
 	if c.state {
-		if e := conformance.RelErr(download(t, be, s.state), wantS); !(e <= tol) {
-			t.Errorf("final state relative error %.3g > %.3g", e, tol)
-		}
+		es = conformance.RelErr(download(t, be, s.state), wantS)
 	}
+	return ey, es
 }
 
 // TestChunkScanTC2Dispatch turns tcPipelined on and runs SSDChunkScan
@@ -154,42 +163,14 @@ func TestChunkScanTC2Dispatch(t *testing.T) {
 			{b: 1, l: 100, h: 2, p: 64, g: 1, n: 128, chunk: 256, state: true},
 			{b: 1, l: 90, h: 2, p: 32, g: 2, n: 64, chunk: 64, d: true, bf16dt: true},
 		} {
-			x, xt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.h, c.p)
-			var dt *reference.Array
-			var dtt kernels.Tensor
-			if c.bf16dt {
-				dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
+			ey, es := runScanCase(t, be, rng, c, true)
+			if !(ey <= 2e-5) {
+				t.Errorf("%+v: y relative error %.3g > 2e-5", c, ey)
 			} else {
-				dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
+				t.Logf("%+v: y relative error %.3g", c, ey)
 			}
-			A, At := f32Array(t, be, rng, -8, -0.5, c.h)
-			B, Bt := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
-			C, Ct := bf16Array(t, be, rng, -1, 1, c.b, c.l, c.g, c.n)
-			var D, st *reference.Array
-			var Dt, stt kernels.Tensor
-			if c.d {
-				D, Dt = f32Array(t, be, rng, 0.5, 1.5, c.h)
-			}
-			if c.state {
-				st, stt = f32Array(t, be, rng, -1, 1, c.b, c.h, c.p, c.n)
-			}
-			wantY, wantS, err := reference.SSDRecurrence(x, dt, A, B, C, D, st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			y := poisoned(t, be, c.b, c.l, c.h, c.p)
-			if err := be.SSDChunkScan(y, xt, dtt, At, Bt, Ct, Dt, stt, c.chunk); err != nil {
-				t.Fatalf("%+v: %v", c, err)
-			}
-			if e := conformance.RelErr(download(t, be, y), wantY.Data); !(e <= 2e-5) {
-				t.Errorf("%+v: y relative error %.3g > 2e-5", c, e)
-			} else {
-				t.Logf("%+v: y relative error %.3g", c, e)
-			}
-			if c.state {
-				if e := conformance.RelErr(download(t, be, stt), wantS.Data); !(e <= 2e-5) {
-					t.Errorf("%+v: final state relative error %.3g > 2e-5", c, e)
-				}
+			if c.state && !(es <= 2e-5) {
+				t.Errorf("%+v: final state relative error %.3g > 2e-5", c, es)
 			}
 		}
 		var loaded []string

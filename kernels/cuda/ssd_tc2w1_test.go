@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/matsurgery/matsurgery/kernels"
 	"github.com/matsurgery/matsurgery/kernels/conformance"
 	"github.com/matsurgery/matsurgery/kernels/reference"
 )
@@ -52,7 +51,7 @@ func TestChunkScanTC2W1(t *testing.T) {
 	var errs []float64
 	for _, c := range tc2W1Cases {
 		t.Run(fmt.Sprintf("l=%d,p=%d,n=%d,chunk=%d,cw=%d,pb=%d", c.l, c.p, c.n, c.chunk, c.cw, c.pb), func(t *testing.T) {
-			ey, es := runTC2W1(t, be, rng, c)
+			ey, es := runTC2(t, be, rng, c, tc2W1SharedBytes(c.chunk, c.pb, c.n), "SSD_W1=1")
 			if !(ey <= tc2W1TolY) {
 				t.Errorf("y relative error %.3g > %.3g", ey, tc2W1TolY)
 			} else if ey <= tc2ExactTol {
@@ -69,55 +68,6 @@ func TestChunkScanTC2W1(t *testing.T) {
 		slices.Sort(errs)
 		t.Logf("SSD_W1 y relative error over %d launches: median %.3g, largest %.3g", len(errs), errs[len(errs)/2], errs[len(errs)-1])
 	}
-}
-
-// runTC2W1 runs one launch of ssd_tc2.cu with SSD_W1=1 on fresh inputs
-// and returns the relative errors of y and of the final state (0 without
-// one) against recurrenceGQA.
-func runTC2W1(t *testing.T, be *Backend, rng *rand.Rand, c tc2Case) (ey, es float64) {
-	t.Helper()
-	x, xt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hx, c.p)
-	var dt *reference.Array
-	var dtt kernels.Tensor
-	if c.bf16d {
-		dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
-	} else {
-		dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.nb, c.l, c.h)
-	}
-	A, At := f32Array(t, be, rng, -8, -0.5, c.h)
-	B, Bt := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hb, c.n)
-	C, Ct := bf16Array(t, be, rng, -1, 1, c.nb, c.l, c.hc, c.n)
-	var Dv, st []float64
-	s := &scan{x: xt.(*Tensor), dt: dtt.(*Tensor), A: At.(*Tensor), B: Bt.(*Tensor), C: Ct.(*Tensor),
-		nb: c.nb, l: c.l, h: c.h, p: c.p, n: c.n, hx: c.hx, hb: c.hb, hc: c.hc}
-	if c.d {
-		var D *reference.Array
-		var Dt kernels.Tensor
-		if c.bf16d {
-			D, Dt = bf16Array(t, be, rng, 0.5, 1.5, c.h)
-		} else {
-			D, Dt = f32Array(t, be, rng, 0.5, 1.5, c.h)
-		}
-		Dv, s.D = D.Data, Dt.(*Tensor)
-	}
-	if c.state {
-		sa, stt := f32Array(t, be, rng, -1, 1, c.nb, c.h, c.p, c.n)
-		st, s.state = sa.Data, stt.(*Tensor)
-	}
-	s.y = poisoned(t, be, c.nb, c.l, c.h, c.p).(*Tensor)
-	wantY, wantS := recurrenceGQA(c, x.Data, dt.Data, A.Data, B.Data, C.Data, Dv, st)
-	err := be.do("ssd_tc2 w1", func() error {
-		return be.launchTC("ssd_tc2 w1", "ssd_tc2", "k_ssd_tc2", tc2W1SharedBytes(c.chunk, c.pb, c.n), s, c.chunk, c.pb, c.cw,
-			fmt.Sprintf("SSD_CW=%d", c.cw), "SSD_W1=1")
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ey = conformance.RelErr(download(t, be, s.y), wantY)
-	if c.state {
-		es = conformance.RelErr(download(t, be, s.state), wantS)
-	}
-	return ey, es
 }
 
 // TestTC2W1SharedBytes pins the shared memory of the SSD_W1 variant at the
@@ -154,57 +104,22 @@ func TestChunkScanTC2W1Dispatch(t *testing.T) {
 			t.Helper()
 			tcW1 = w1
 			before := loadedModules(be)
-			mk := func(lo, hi float64, shape ...int) (*reference.Array, kernels.Tensor) {
-				if bf16 {
-					return bf16Array(t, be, rng, lo, hi, shape...)
-				}
-				return f32Array(t, be, rng, lo, hi, shape...)
-			}
-			x, xt := mk(-1, 1, c.b, c.l, c.h, c.p)
-			var dt *reference.Array
-			var dtt kernels.Tensor
-			if c.bf16dt {
-				dt, dtt = bf16Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
-			} else {
-				dt, dtt = f32Array(t, be, rng, 0.001, 0.3, c.b, c.l, c.h)
-			}
-			A, At := f32Array(t, be, rng, -8, -0.5, c.h)
-			B, Bt := mk(-1, 1, c.b, c.l, c.g, c.n)
-			C, Ct := mk(-1, 1, c.b, c.l, c.g, c.n)
-			var D, st *reference.Array
-			var Dt, stt kernels.Tensor
-			if c.d {
-				D, Dt = f32Array(t, be, rng, 0.5, 1.5, c.h)
-			}
-			if c.state {
-				st, stt = f32Array(t, be, rng, -1, 1, c.b, c.h, c.p, c.n)
-			}
-			wantY, wantS, err := reference.SSDRecurrence(x, dt, A, B, C, D, st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			y := poisoned(t, be, c.b, c.l, c.h, c.p)
-			if err := be.SSDChunkScan(y, xt, dtt, At, Bt, Ct, Dt, stt, c.chunk); err != nil {
-				t.Fatalf("%+v: %v", c, err)
-			}
+			ey, es := runScanCase(t, be, rng, c, bf16)
 			wantW1 := w1 && bf16 && (c.chunk == 64 || c.chunk > maxChunkTile)
 			tolY := tc2ExactTol
 			if wantW1 {
 				tolY = tc2W1TolY
 			}
-			e := conformance.RelErr(download(t, be, y), wantY.Data)
-			if !(e <= tolY) {
-				t.Errorf("%+v bf16=%v tcW1=%v: y relative error %.3g > %.3g", c, bf16, w1, e, tolY)
+			if !(ey <= tolY) {
+				t.Errorf("%+v bf16=%v tcW1=%v: y relative error %.3g > %.3g", c, bf16, w1, ey, tolY)
 			} else {
-				t.Logf("%+v bf16=%v tcW1=%v: y relative error %.3g", c, bf16, w1, e)
+				t.Logf("%+v bf16=%v tcW1=%v: y relative error %.3g", c, bf16, w1, ey)
 			}
-			if wantW1 && e <= tc2ExactTol {
-				t.Errorf("%+v: y relative error %.3g ≤ %.3g: not the SSD_W1 variant's arithmetic", c, e, tc2ExactTol)
+			if wantW1 && ey <= tc2ExactTol {
+				t.Errorf("%+v: y relative error %.3g ≤ %.3g: not the SSD_W1 variant's arithmetic", c, ey, tc2ExactTol)
 			}
-			if c.state {
-				if e := conformance.RelErr(download(t, be, stt), wantS.Data); !(e <= tc2W1TolState) {
-					t.Errorf("%+v: final state relative error %.3g > %.3g", c, e, tc2W1TolState)
-				}
+			if c.state && !(es <= tc2W1TolState) {
+				t.Errorf("%+v: final state relative error %.3g > %.3g", c, es, tc2W1TolState)
 			}
 			checkW1Loaded(t, fmt.Sprintf("%+v bf16=%v tcW1=%v", c, bf16, w1), before, loadedModules(be), wantW1)
 		}
