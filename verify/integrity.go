@@ -32,7 +32,8 @@ type integrity struct {
 	configBad bool // mamba_config.json disagrees with config.json: numeric checks cannot be sized
 	perLayer  map[int][]string
 	tensors   int
-	bytes     int64
+	bytes     int64 // the hybrid's bytes checked
+	compared  int64 // the teacher's bytes of the tensors compared (a difference ends a comparison early)
 	identical int
 	mu        sync.Mutex
 
@@ -286,6 +287,9 @@ func (in *integrity) checkTensor(ti formats.TensorInfo) error {
 	in.mu.Lock()
 	in.tensors++
 	in.bytes += ti.Size
+	if compare {
+		in.compared += tinfo.Size
+	}
 	if compare && identical {
 		in.identical++
 	}

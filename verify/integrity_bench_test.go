@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/matsurgery/matsurgery/formats"
@@ -55,23 +54,8 @@ func BenchmarkIntegrityValues(b *testing.B) {
 		if len(in.global) > 0 {
 			b.Fatalf("integrity problems: %v", in.global)
 		}
-		read = in.bytes + compared(in, te)
+		read = in.bytes + in.compared
 	}
 	b.SetBytes(read)
 	b.ReportMetric(float64(read)/1e9, "GB-read")
-}
-
-// compared is the bytes of the teacher's tensors read for the
-// comparison: those the hybrid shares with it.
-func compared(in *integrity, te *formats.Checkpoint) int64 {
-	var n int64
-	for _, ti := range in.hy.Tensors() {
-		if t, ok := te.Tensor(ti.Name); ok && t.Size == ti.Size {
-			l := layout.LayerOf(ti.Name)
-			if !(l >= 0 && in.isMamba(l)) || !strings.HasPrefix(ti.Name, layout.MambaPrefix(l)) {
-				n += t.Size
-			}
-		}
-	}
-	return n
 }
