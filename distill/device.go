@@ -271,31 +271,18 @@ func loadDeviceStudent(dir string, be kernels.Backend, teacher *model.Model, opt
 // on the tensor cores; the CPU backend's take F32 only), by running both
 // on a tiny causal case.
 func attentionTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
-	var owned []kernels.Tensor
-	defer func() {
-		for _, t := range owned {
-			be.Free(t)
-		}
-	}()
-	shape := []int{1, 2, 1, 8}
-	vals := []float32{1, -0.5, 0.25, 2, 0, 1, -1, 0.5, 0.5, 0.25, -2, 1, 1, 0, 0.5, -1}
-	tensor := func(dt kernels.DType) kernels.Tensor {
-		t, err := be.Upload(vals, dt, shape...)
-		if err != nil {
-			return nil
-		}
-		owned = append(owned, t)
-		return t
-	}
-	q, k, v := tensor(kernels.BF16), tensor(kernels.BF16), tensor(kernels.BF16)
-	out, dout, dq, dk, dv := tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32), tensor(kernels.F32)
-	for _, t := range []kernels.Tensor{q, k, v, out, dout, dq, dk, dv} {
-		if t == nil {
+	return probe(be, func(tensor func(kernels.DType, []float32, ...int) kernels.Tensor) bool {
+		shape := []int{1, 2, 1, 8}
+		vals := []float32{1, -0.5, 0.25, 2, 0, 1, -1, 0.5, 0.5, 0.25, -2, 1, 1, 0, 0.5, -1}
+		q, k, v := tensor(kernels.BF16, vals, shape...), tensor(kernels.BF16, vals, shape...), tensor(kernels.BF16, vals, shape...)
+		out, dout := tensor(kernels.F32, vals, shape...), tensor(kernels.F32, vals, shape...)
+		dq, dk, dv := tensor(kernels.F32, vals, shape...), tensor(kernels.F32, vals, shape...), tensor(kernels.F32, vals, shape...)
+		if q == nil || k == nil || v == nil || out == nil || dout == nil || dq == nil || dk == nil || dv == nil {
 			return false
 		}
-	}
-	return be.SoftmaxAttention(out, q, k, v, 0.5, true) == nil &&
-		tr.SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out, 0.5, true) == nil
+		return be.SoftmaxAttention(out, q, k, v, 0.5, true) == nil &&
+			tr.SoftmaxAttentionBackward(dq, dk, dv, dout, q, k, v, out, 0.5, true) == nil
+	})
 }
 
 // scanTakesBF16 reports whether the backend's chunked scan, and its
@@ -303,33 +290,40 @@ func attentionTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
 // tensor-core scan; the CPU backend's take F32 only), by running both on
 // a tiny case.
 func scanTakesBF16(be kernels.Backend, tr kernels.Trainer) bool {
+	return probe(be, func(tensor func(kernels.DType, []float32, ...int) kernels.Tensor) bool {
+		xv := []float32{1, -0.5, 0.25, 2, 0.5, 1, -1, 0.5} // [1,2,1,4]: b, l, heads, head size and d_state
+		x, b, c := tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4)
+		dt, a := tensor(kernels.F32, []float32{0.5, 0.25}, 1, 2, 1), tensor(kernels.F32, []float32{-1}, 1)
+		y, dy := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
+		dx, dB, dC := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
+		ddt, dA := tensor(kernels.F32, []float32{0, 0}, 1, 2, 1), tensor(kernels.F32, []float32{0}, 1)
+		for _, t := range []kernels.Tensor{x, b, c, dt, a, y, dy, dx, dB, dC, ddt, dA} {
+			if t == nil {
+				return false
+			}
+		}
+		return be.SSDChunkScan(y, x, dt, a, b, c, nil, nil, 64) == nil &&
+			tr.SSDChunkScanBackward(dx, ddt, dA, dB, dC, nil, dy, x, dt, a, b, c, nil, 64) == nil
+	})
+}
+
+// probe runs f with a tensor constructor (nil when an upload fails) and
+// frees every tensor it made: the capability checks' tiny cases.
+func probe(be kernels.Backend, f func(tensor func(kernels.DType, []float32, ...int) kernels.Tensor) bool) bool {
 	var owned []kernels.Tensor
 	defer func() {
 		for _, t := range owned {
 			be.Free(t)
 		}
 	}()
-	tensor := func(dt kernels.DType, vals []float32, shape ...int) kernels.Tensor {
+	return f(func(dt kernels.DType, vals []float32, shape ...int) kernels.Tensor {
 		t, err := be.Upload(vals, dt, shape...)
 		if err != nil {
 			return nil
 		}
 		owned = append(owned, t)
 		return t
-	}
-	xv := []float32{1, -0.5, 0.25, 2, 0.5, 1, -1, 0.5} // [1,2,1,4]: b, l, heads, head size and d_state
-	x, b, c := tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4), tensor(kernels.BF16, xv, 1, 2, 1, 4)
-	dt, a := tensor(kernels.F32, []float32{0.5, 0.25}, 1, 2, 1), tensor(kernels.F32, []float32{-1}, 1)
-	y, dy := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
-	dx, dB, dC := tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4), tensor(kernels.F32, xv, 1, 2, 1, 4)
-	ddt, dA := tensor(kernels.F32, []float32{0, 0}, 1, 2, 1), tensor(kernels.F32, []float32{0}, 1)
-	for _, t := range []kernels.Tensor{x, b, c, dt, a, y, dy, dx, dB, dC, ddt, dA} {
-		if t == nil {
-			return false
-		}
-	}
-	return be.SSDChunkScan(y, x, dt, a, b, c, nil, nil, 64) == nil &&
-		tr.SSDChunkScanBackward(dx, ddt, dA, dB, dC, nil, dy, x, dt, a, b, c, nil, 64) == nil
+	})
 }
 
 // checkTeacher refuses a teacher that cannot have produced the student.
